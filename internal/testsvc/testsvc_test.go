@@ -1,0 +1,355 @@
+package testsvc
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) { Main(m) }
+
+func redisAddr(t *testing.T, raw string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Scheme != "redis" || u.Path != "/0" {
+		t.Fatalf("Redis URL %q: want redis://host:port/0", raw)
+	}
+	return u.Host
+}
+
+func TestRedisAnswersRawPing(t *testing.T) {
+	addr := redisAddr(t, Redis(t))
+	if err := redisPing(addr); err != nil {
+		t.Fatalf("PING %s: %v", addr, err)
+	}
+}
+
+func TestRedisIsSharedWithinBinary(t *testing.T) {
+	if a, b := Redis(t), Redis(t); a != b {
+		t.Fatalf("Redis returned %q then %q; want one shared server", a, b)
+	}
+}
+
+func TestNewRedisRestartsOnSamePort(t *testing.T) {
+	p := NewRedis(t)
+	url, pid := p.URL(), p.PID()
+	if err := redisPing(p.Addr()); err != nil {
+		t.Fatalf("PING: %v", err)
+	}
+
+	p.Stop()
+	if p.Running() || p.PID() != 0 || redisPing(p.Addr()) == nil {
+		t.Fatalf("server still running after Stop")
+	}
+	p.Start()
+	if p.URL() != url {
+		t.Fatalf("URL after Start = %q, want %q", p.URL(), url)
+	}
+	if p.PID() == pid {
+		t.Fatalf("PID unchanged after Stop/Start")
+	}
+	if err := redisPing(p.Addr()); err != nil {
+		t.Fatalf("PING after Start: %v", err)
+	}
+
+	p.Kill()
+	if err := redisPing(p.Addr()); err == nil {
+		t.Fatalf("server answers after Kill")
+	}
+	p.Start()
+	if p.URL() != url {
+		t.Fatalf("URL after Kill/Start = %q, want %q", p.URL(), url)
+	}
+	if err := redisPing(p.Addr()); err != nil {
+		t.Fatalf("PING after Kill/Start: %v", err)
+	}
+}
+
+// couchDo sends a JSON request and decodes the JSON answer into out.
+func couchDo(t *testing.T, method, url string, body any, out any) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, url, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode >= 300 {
+		t.Fatalf("%s %s: %s: %s", method, url, resp.Status, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v in %s", method, url, err, b)
+		}
+	}
+}
+
+func TestCouchWelcomesWithJSON(t *testing.T) {
+	var welcome map[string]any
+	couchDo(t, http.MethodGet, Couch(t)+"/", nil, &welcome)
+	if welcome["version"] == nil {
+		t.Fatalf("GET / = %v, want a version", welcome)
+	}
+}
+
+// TestCouchSupportsBulkDocsAndMango checks what storage's CouchDB backend
+// relies on: _bulk_docs, a Mango index on [topic, id] and _find using it.
+func TestCouchSupportsBulkDocsAndMango(t *testing.T) {
+	db := Couch(t) + "/" + UniqueName(t, "msgs")
+	couchDo(t, http.MethodPut, db, nil, nil)
+	t.Cleanup(func() {
+		req, _ := http.NewRequest(http.MethodDelete, db, nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	})
+
+	var docs []map[string]any
+	for i, topic := range []string{"a", "b", "a", "a", "b"} {
+		docs = append(docs, map[string]any{"_id": fmt.Sprintf("m%d", i), "topic": topic, "id": i})
+	}
+	var saved []struct {
+		OK bool   `json:"ok"`
+		ID string `json:"id"`
+	}
+	couchDo(t, http.MethodPost, db+"/_bulk_docs", map[string]any{"docs": docs}, &saved)
+	if len(saved) != len(docs) {
+		t.Fatalf("_bulk_docs saved %d docs, want %d", len(saved), len(docs))
+	}
+	for _, s := range saved {
+		if !s.OK {
+			t.Fatalf("_bulk_docs: %+v", saved)
+		}
+	}
+
+	var idx struct {
+		Result string `json:"result"`
+	}
+	couchDo(t, http.MethodPost, db+"/_index", map[string]any{
+		"index": map[string]any{"fields": []string{"topic", "id"}},
+		"ddoc":  "topic-id",
+		"name":  "topic-id",
+	}, &idx)
+	if idx.Result != "created" {
+		t.Fatalf("_index result %q, want created", idx.Result)
+	}
+
+	var found struct {
+		Docs []struct {
+			ID int `json:"id"`
+		} `json:"docs"`
+	}
+	couchDo(t, http.MethodPost, db+"/_find", map[string]any{
+		"selector":  map[string]any{"topic": "a", "id": map[string]any{"$gt": 0}},
+		"sort":      []map[string]string{{"topic": "asc"}, {"id": "asc"}},
+		"use_index": "_design/topic-id",
+	}, &found)
+	var ids []int
+	for _, d := range found.Docs {
+		ids = append(ids, d.ID)
+	}
+	if fmt.Sprint(ids) != "[2 3]" {
+		t.Fatalf("_find ids = %v, want [2 3]", ids)
+	}
+}
+
+func TestNewCouchRestartsOnSamePort(t *testing.T) {
+	p := NewCouch(t)
+	url := p.URL()
+	db := url + "/" + UniqueName(t, "restart")
+	couchDo(t, http.MethodPut, db, nil, nil)
+
+	p.Kill()
+	if err := couchWelcome(url); err == nil {
+		t.Fatalf("server answers after Kill")
+	}
+	p.Start()
+	if p.URL() != url {
+		t.Fatalf("URL after Start = %q, want %q", p.URL(), url)
+	}
+	if err := couchWelcome(url); err != nil {
+		t.Fatalf("GET / after Start: %v", err)
+	}
+	// In memory: the database did not survive, so it can be made again.
+	couchDo(t, http.MethodPut, db, nil, nil)
+
+	p.Stop()
+	if p.Running() {
+		t.Fatalf("Running after Stop")
+	}
+}
+
+func TestHAProxyForwardsTCP(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echo.Close() })
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+
+	front := FreePort(t)
+	p := HAProxy(t, fmt.Sprintf(`
+global
+    maxconn 100
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+
+frontend front
+    bind 127.0.0.1:%d
+    default_backend echo
+
+backend echo
+    server s1 %s
+`, front, echo.Addr()))
+	if p.Port() != front || p.URL() != fmt.Sprintf("tcp://127.0.0.1:%d", front) {
+		t.Fatalf("Port %d URL %q, want the bind port %d", p.Port(), p.URL(), front)
+	}
+
+	c, err := net.DialTimeout("tcp", p.Addr(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := "hello through haproxy\n"
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("read echo: %v\n%s", err, p.LogTail())
+	}
+	if string(got) != msg {
+		t.Fatalf("echo = %q, want %q", got, msg)
+	}
+}
+
+func TestHAProxyBadConfigFailsWithLog(t *testing.T) {
+	// Run the failing start in a throwaway TB so the failure is inspected,
+	// not reported.
+	ft := &fatalTB{TB: t}
+	cfg := fmt.Sprintf("frontend f\n    bind 127.0.0.1:%d\n    this-is-not-a-keyword\n", FreePort(t))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		HAProxy(ft, cfg)
+	}()
+	<-done
+	ft.runCleanups()
+	if !strings.Contains(ft.msg, "haproxy") || !strings.Contains(ft.msg, "last output") {
+		t.Fatalf("failure message lacks the log tail:\n%s", ft.msg)
+	}
+}
+
+func TestUniqueNameIsValidCouchDBName(t *testing.T) {
+	valid := regexp.MustCompile(`^[a-z][a-z0-9_$()+/-]*$`)
+	seen := map[string]bool{}
+	for _, prefix := range []string{"", "msgs", "Room-1", "9lives", "_x", "a/b c", "ÜBER"} {
+		for range 3 {
+			name := UniqueName(t, prefix)
+			if !valid.MatchString(name) || len(name) > 238 {
+				t.Errorf("UniqueName(%q) = %q, not a valid CouchDB name", prefix, name)
+			}
+			if seen[name] {
+				t.Errorf("UniqueName(%q) = %q twice", prefix, name)
+			}
+			seen[name] = true
+		}
+	}
+}
+
+func TestFreePortIsBindableAndNotRepeated(t *testing.T) {
+	seen := map[int]bool{}
+	for range 20 {
+		port := FreePort(t)
+		if seen[port] {
+			t.Fatalf("FreePort returned %d twice", port)
+		}
+		seen[port] = true
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatalf("FreePort %d not bindable: %v", port, err)
+		}
+		l.Close()
+	}
+}
+
+func TestMissingBinaryNamesMakeServices(t *testing.T) {
+	_, err := lookBinary("testsvc-no-such-binary", "/nonexistent/testsvc")
+	if err == nil || !strings.Contains(err.Error(), "make services") {
+		t.Fatalf("lookBinary error = %v, want a hint to run make services", err)
+	}
+}
+
+func TestBindPorts(t *testing.T) {
+	cfg := "frontend a\n  bind 127.0.0.1:1234\n  bind :5678 ssl crt x\n  # bind 127.0.0.1:9\nbackend b\n  server s 127.0.0.1:42\n"
+	if got := fmt.Sprint(bindPorts(cfg)); got != "[1234 5678]" {
+		t.Fatalf("bindPorts = %s, want [1234 5678]", got)
+	}
+}
+
+// fatalTB records Fatalf instead of failing the real test, and collects
+// cleanups so the test can run them itself.
+type fatalTB struct {
+	testing.TB
+	msg      string
+	cleanups []func()
+}
+
+func (f *fatalTB) Helper() {}
+
+func (f *fatalTB) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+func (f *fatalTB) Cleanup(fn func()) { f.cleanups = append(f.cleanups, fn) }
+
+func (f *fatalTB) runCleanups() {
+	for i := len(f.cleanups) - 1; i >= 0; i-- {
+		f.cleanups[i]()
+	}
+}
