@@ -1,0 +1,367 @@
+package loop
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/chatgg/chatgg/codec"
+)
+
+// eventKind says what an inbox event asks the loop to do.
+type eventKind uint8
+
+const (
+	evDeliver  eventKind = iota + 1 // write d to the topic's local subscribers
+	evAck                           // answer a publish: ack or error
+	evClose                         // close c with code
+	evSweep                         // check timers
+	evShutdown                      // close every connection with 1001
+	evSubAck                        // the node's subscription to a topic is confirmed or failed
+)
+
+// event is one unit of work posted to a loop from another goroutine.
+type event struct {
+	kind eventKind
+	d    *delivery
+	c    *conn
+	ref  string
+	id   string
+	err  error
+	code ws.StatusCode
+}
+
+// subset is the local subscribers of one topic on one loop. A slice, not a
+// map: it is walked on every delivery.
+type subset struct {
+	topic string
+	conns []*conn
+}
+
+// loopState is one event loop's share of the engine: its connections, their
+// subscriptions, its inbox and its scratch buffers. Fields below mu are
+// touched only on the loop's goroutine.
+type loopState struct {
+	e   *Engine
+	el  gnet.EventLoop
+	idx int
+	run gnet.RunnableFunc
+
+	mu        sync.Mutex
+	inbox     []event
+	scheduled bool
+
+	work    []event
+	conns   []*conn
+	subs    map[string]*subset
+	touched []*conn
+	out     []byte // scratch: frames written during one OnTraffic, JSON bodies
+	frame   []byte // scratch: the frame around a JSON body in out
+	now     time.Time
+}
+
+func newLoopState(e *Engine, el gnet.EventLoop, idx int) *loopState {
+	ls := &loopState{e: e, el: el, idx: idx, subs: make(map[string]*subset)}
+	ls.run = ls.drain
+	return ls
+}
+
+// post queues ev for the loop and wakes it if it is not already due to
+// drain its inbox. Safe from any goroutine; never blocks on I/O.
+func (ls *loopState) post(ev event) {
+	ls.mu.Lock()
+	ls.inbox = append(ls.inbox, ev)
+	wake := !ls.scheduled
+	ls.scheduled = true
+	ls.mu.Unlock()
+	if wake {
+		if err := ls.el.Execute(context.Background(), ls.run); err != nil {
+			// The engine is shutting down; nothing will drain the inbox.
+			ls.mu.Lock()
+			ls.scheduled = false
+			ls.inbox = ls.inbox[:0]
+			ls.mu.Unlock()
+		}
+	}
+}
+
+// drain runs on the loop: it handles every queued event, then writes each
+// touched connection once.
+func (ls *loopState) drain(context.Context) error {
+	ls.mu.Lock()
+	ls.work, ls.inbox = ls.inbox, ls.work[:0]
+	ls.scheduled = false
+	ls.mu.Unlock()
+
+	ls.now = time.Now()
+	for i := range ls.work {
+		ev := &ls.work[i]
+		switch ev.kind {
+		case evDeliver:
+			ls.deliver(ev.d)
+		case evAck:
+			ls.ack(ev)
+		case evClose:
+			if ev.c.state == stOpen {
+				ls.closeConn(ev.c, ev.code, ev.ref)
+			}
+		case evSweep:
+			ls.sweep()
+		case evShutdown:
+			ls.shutdown()
+		case evSubAck:
+			ls.subAck(ev)
+		}
+		*ev = event{} // drop references for the GC
+	}
+	ls.flushTouched()
+	return nil
+}
+
+// deliver queues d's frame on every local subscriber of its topic.
+func (ls *loopState) deliver(d *delivery) {
+	s := ls.subs[d.m.Topic]
+	if s == nil {
+		return
+	}
+	for _, c := range s.conns {
+		if c.state != stOpen {
+			continue
+		}
+		f := d.frame(c.mode)
+		if len(c.pend) == 0 {
+			ls.touched = append(ls.touched, c)
+		}
+		c.pend = append(c.pend, f)
+	}
+}
+
+// flushTouched writes every connection's queued frames with one writev.
+func (ls *loopState) flushTouched() {
+	var n int64
+	for i, c := range ls.touched {
+		ls.touched[i] = nil
+		if c.state == stClosed {
+			c.pend = c.pend[:0]
+			continue
+		}
+		n += int64(len(c.pend))
+		if len(c.pend) == 1 {
+			_, _ = c.gc.Write(c.pend[0])
+		} else {
+			_, _ = c.gc.Writev(c.pend)
+		}
+		clear(c.pend)
+		if cap(c.pend) > 64 {
+			c.pend = nil
+		} else {
+			c.pend = c.pend[:0]
+		}
+		ls.checkBackpressure(c)
+	}
+	ls.touched = ls.touched[:0]
+	if n > 0 {
+		ls.e.stats.msgOut.Add(n)
+	}
+}
+
+// checkBackpressure closes a connection whose unsent bytes passed the
+// limit: a slow consumer is never left to grow (close code 4008).
+func (ls *loopState) checkBackpressure(c *conn) {
+	limit := ls.e.cfg.MaxOutboundBytes
+	if c.mode == modeEcho {
+		// An echo writes a whole message at once, up to EchoMaxMessageBytes:
+		// more than a socket buffer takes. Allow one such message on top.
+		limit += codec.FrameSize(ls.e.cfg.EchoMaxMessageBytes)
+	}
+	if c.state == stOpen && c.gc.OutboundBuffered() > limit {
+		ls.e.stats.slow.Add(1)
+		ls.closeConn(c, codec.CloseSlowConsumer, "slow consumer")
+	}
+}
+
+// ack answers a publish on the connection that made it.
+func (ls *loopState) ack(ev *event) {
+	c := ev.c
+	if c.state != stOpen {
+		return
+	}
+	if ev.err != nil {
+		if c.mode != modeJSON {
+			ls.closeConn(c, codec.CloseInternal, "publish failed")
+			return
+		}
+		ls.out = codec.AppendError(ls.out[:0], refBytes(ev.ref), codeUnavailable, "publish failed: "+ev.err.Error())
+	} else {
+		ls.out = codec.AppendAck(ls.out[:0], refBytes(ev.ref), ev.id, codec.IDTime(ev.id))
+	}
+	ls.writeNow(c)
+}
+
+func refBytes(ref string) []byte {
+	if ref == "" {
+		return nil
+	}
+	return []byte(ref)
+}
+
+// writeNow frames ls.out as one text message and writes it to c.
+func (ls *loopState) writeNow(c *conn) {
+	ls.frame = codec.AppendFrame(ls.frame[:0], ws.OpText, true, ls.out)
+	_, _ = c.gc.Write(ls.frame)
+	ls.checkBackpressure(c)
+}
+
+// subAck answers a sub that waited for the bus: an ack, or an error after
+// which the connection is not subscribed.
+func (ls *loopState) subAck(ev *event) {
+	c := ev.c
+	if c.state != stOpen {
+		return
+	}
+	if ev.err != nil {
+		if i := c.subscribedTo([]byte(ev.id)); i >= 0 {
+			ls.unsubscribe(c, i)
+		}
+		ls.out = codec.AppendError(ls.out[:0], refBytes(ev.ref), codeUnavailable, "subscribe failed: "+ev.err.Error())
+	} else if ev.ref != "" {
+		ls.out = codec.AppendAck(ls.out[:0], refBytes(ev.ref), "", 0)
+	} else {
+		return
+	}
+	ls.writeNow(c)
+}
+
+// subscribe adds c to topic's local subscribers. It reports whether the
+// node's subscription is confirmed; if not, waiter is called when it is.
+func (ls *loopState) subscribe(c *conn, topic string, waiter func(error)) (ready bool) {
+	s := ls.subs[topic]
+	if s == nil {
+		s = &subset{topic: topic}
+		ls.subs[topic] = s
+	}
+	c.subs = append(c.subs, subRef{s: s, idx: int32(len(s.conns))})
+	s.conns = append(s.conns, c)
+	return ls.e.retain(topic, waiter)
+}
+
+// unsubscribe removes c's i-th subscription.
+func (ls *loopState) unsubscribe(c *conn, i int) {
+	r := c.subs[i]
+	s := r.s
+	last := len(s.conns) - 1
+	if int(r.idx) != last {
+		moved := s.conns[last]
+		s.conns[r.idx] = moved
+		for j := range moved.subs {
+			if moved.subs[j].s == s {
+				moved.subs[j].idx = r.idx
+				break
+			}
+		}
+	}
+	s.conns[last] = nil
+	s.conns = s.conns[:last]
+	if len(s.conns) == 0 {
+		delete(ls.subs, s.topic)
+	}
+	c.subs[i] = c.subs[len(c.subs)-1]
+	c.subs = c.subs[:len(c.subs)-1]
+	ls.e.release(s.topic)
+}
+
+// open registers a new TCP connection.
+func (ls *loopState) open(gc gnet.Conn) {
+	c := &conn{gc: gc, ls: ls, idx: int32(len(ls.conns)), opened: time.Now().UnixNano()}
+	c.lastRead = c.opened
+	ls.conns = append(ls.conns, c)
+	gc.SetContext(c)
+	ls.e.stats.conns.Add(1)
+}
+
+// closed forgets a connection gnet has closed.
+func (ls *loopState) closed(c *conn) {
+	if c.state == stClosed {
+		return
+	}
+	c.state = stClosed
+	for len(c.subs) > 0 {
+		ls.unsubscribe(c, len(c.subs)-1)
+	}
+	last := len(ls.conns) - 1
+	if int(c.idx) != last {
+		moved := ls.conns[last]
+		ls.conns[c.idx] = moved
+		moved.idx = c.idx
+	}
+	ls.conns[last] = nil
+	ls.conns = ls.conns[:last]
+	c.rd.Release()
+	c.gc.SetContext(nil)
+	ls.e.stats.conns.Add(-1)
+}
+
+// sweep enforces the handshake, idle and close timeouts.
+func (ls *loopState) sweep() {
+	cfg := &ls.e.cfg
+	now := ls.now.UnixNano()
+	for i := 0; i < len(ls.conns); i++ {
+		c := ls.conns[i]
+		switch c.state {
+		case stHandshake:
+			if now-c.opened > int64(cfg.HandshakeTimeout) {
+				ls.e.stats.handshakeTimeout.Add(1)
+				_ = ls.el.Close(c.gc) // calls closed(), which moves the last conn to i
+				i--
+			}
+		case stOpen:
+			idle := now - c.lastRead
+			switch {
+			case idle > int64(cfg.IdleTimeout):
+				ls.closeConn(c, codec.CloseGoingAway, "idle timeout")
+			case idle > int64(cfg.IdleTimeout/2) && !c.pinged:
+				c.pinged = true
+				_, _ = c.gc.Write(codec.AppendFrame(ls.out[:0], ws.OpPing, true, nil))
+			}
+		case stClosing:
+			if now-c.closing > int64(cfg.CloseTimeout) {
+				_ = ls.el.Close(c.gc)
+				i--
+			}
+		}
+	}
+}
+
+// shutdown closes every connection of the loop with 1001.
+func (ls *loopState) shutdown() {
+	for i := 0; i < len(ls.conns); i++ {
+		c := ls.conns[i]
+		if c.state == stOpen {
+			ls.closeConn(c, codec.CloseGoingAway, "server shutting down")
+			continue
+		}
+		if c.state == stHandshake {
+			_ = ls.el.Close(c.gc)
+			i--
+		}
+	}
+}
+
+// closeConn starts the closing handshake: it sends a close frame and waits
+// (at most CloseTimeout) for the client's answer before dropping the TCP
+// connection. Frames for the connection stop being queued.
+func (ls *loopState) closeConn(c *conn, code ws.StatusCode, reason string) {
+	if c.state != stOpen {
+		return
+	}
+	c.state = stClosing
+	c.closing = ls.now.UnixNano()
+	if c.closing == 0 {
+		c.closing = time.Now().UnixNano()
+	}
+	ls.e.stats.close(uint16(code))
+	_, _ = c.gc.Write(codec.AppendClose(nil, code, reason))
+}

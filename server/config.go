@@ -1,0 +1,230 @@
+package server
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/chatgg/chatgg/codec"
+	"github.com/chatgg/chatgg/loop"
+)
+
+// Roles a process can run.
+const (
+	RoleAll    = "all"    // WebSocket + REST + worker (the default)
+	RoleServe  = "serve"  // WebSocket + REST
+	RoleWorker = "worker" // queue to store
+)
+
+// Config is the whole server configuration. Only this package reads flags
+// and the environment; every other package gets a plain Config of its own.
+type Config struct {
+	Role     string
+	WSAddr   string
+	HTTPAddr string
+	DataDir  string
+	LogLevel slog.Level
+
+	RedisURL      string
+	ChannelPrefix string
+	DefaultTopic  string
+	QueueName     string
+	CouchDBURL    string
+	Node          uint16
+
+	Loops               int
+	MaxHeaderBytes      int
+	HandshakeTimeout    time.Duration
+	IdleTimeout         time.Duration
+	MaxOutboundBytes    int
+	MaxMessageBytes     int
+	EchoMaxMessageBytes int
+	MaxTopicsPerConn    int
+	PublishRate         float64
+	PublishBurst        float64
+	DedupWindow         time.Duration
+	ShutdownTimeout     time.Duration
+	BatchSize           int
+	BatchWait           time.Duration
+	WorkerHeartbeat     time.Duration
+	RecoverInterval     time.Duration
+}
+
+// option is one setting: its flag, the environment names that also set it
+// (the first found wins; flags win over all), its default and its parser.
+type option struct {
+	flag  string
+	env   []string
+	def   string
+	usage string
+	set   func(c *Config, v string) error
+}
+
+func options() []option {
+	return []option{
+		{"ws-addr", []string{"CHATGG_WS_ADDR"}, loop.DefaultAddr, "WebSocket listen address (PORT=n also sets :n)", func(c *Config, v string) error { return setAddr(&c.WSAddr, v) }},
+		{"http-addr", []string{"CHATGG_HTTP_ADDR"}, ":9002", "REST listen address", func(c *Config, v string) error { return setAddr(&c.HTTPAddr, v) }},
+		{"data-dir", []string{"CHATGG_DATA_DIR"}, "./data", "directory of the embedded store", func(c *Config, v string) error { c.DataDir = v; return nonEmpty(v) }},
+		{"log-level", []string{"CHATGG_LOG_LEVEL"}, "info", "debug, info, warn or error", func(c *Config, v string) error { return c.LogLevel.UnmarshalText([]byte(v)) }},
+		{"redis-url", []string{"CHATGG_REDIS_URL", "REDIS_URL"}, "", "Redis for pub/sub, queue and dedup (redis://, rediss://); empty: in-process", setString(func(c *Config) *string { return &c.RedisURL })},
+		{"redis-prefix", []string{"CHATGG_REDIS_PREFIX"}, "chatgg:", "prefix of chatgg's Redis channels", setString(func(c *Config) *string { return &c.ChannelPrefix })},
+		{"default-topic", []string{"CHATGG_DEFAULT_TOPIC", "REDIS_CHANNEL"}, loop.DefaultTopic, "topic of raw connections on paths other than /raw/{topic}", func(c *Config, v string) error {
+			if !codec.ValidTopicString(v) {
+				return errors.New("not a valid topic name")
+			}
+			c.DefaultTopic = v
+			return nil
+		}},
+		{"queue", []string{"CHATGG_QUEUE", "BULLMQ_QUEUE_NAME"}, "chatgg:queue", "Redis list of the message queue", setString(func(c *Config) *string { return &c.QueueName })},
+		{"couchdb-url", []string{"CHATGG_COUCHDB_URL", "COUCHDB_URL"}, "", "CouchDB database URL, e.g. http://admin:admin@couchdb:5984/chatgg; empty: embedded store", setString(func(c *Config) *string { return &c.CouchDBURL })},
+		{"node", []string{"CHATGG_NODE", "NODE_INDEX"}, "0", "node index (0-65535), part of every message id", func(c *Config, v string) error {
+			n, err := strconv.ParseUint(v, 10, 16)
+			c.Node = uint16(n)
+			return err
+		}},
+		{"loops", []string{"CHATGG_LOOPS"}, "0", "event loops (0: one per core)", setInt(func(c *Config) *int { return &c.Loops }, 0)},
+		{"max-header-bytes", []string{"CHATGG_MAX_HEADER_BYTES"}, strconv.Itoa(loop.DefaultMaxHeaderBytes), "upgrade request head limit", setInt(func(c *Config) *int { return &c.MaxHeaderBytes }, 1)},
+		{"handshake-timeout", []string{"CHATGG_HANDSHAKE_TIMEOUT"}, loop.DefaultHandshakeTimeout.String(), "time allowed to complete the upgrade", setDuration(func(c *Config) *time.Duration { return &c.HandshakeTimeout })},
+		{"idle-timeout", []string{"CHATGG_IDLE_TIMEOUT"}, "120s", "close connections silent this long (pinged at half)", setDuration(func(c *Config) *time.Duration { return &c.IdleTimeout })},
+		{"max-outbound-bytes", []string{"CHATGG_MAX_OUTBOUND_BYTES"}, strconv.Itoa(loop.DefaultMaxOutboundBytes), "unsent bytes per connection before it is closed with 4008", setInt(func(c *Config) *int { return &c.MaxOutboundBytes }, 1)},
+		{"max-message-bytes", []string{"CHATGG_MAX_MESSAGE_BYTES"}, strconv.Itoa(loop.DefaultMaxMessageBytes), "published message data limit (/ws, raw, REST)", setInt(func(c *Config) *int { return &c.MaxMessageBytes }, 1)},
+		{"echo-max-message-bytes", []string{"CHATGG_ECHO_MAX_MESSAGE_BYTES"}, strconv.Itoa(loop.DefaultEchoMaxMessageBytes), "message limit on /echo", setInt(func(c *Config) *int { return &c.EchoMaxMessageBytes }, 1)},
+		{"max-topics-per-conn", []string{"CHATGG_MAX_TOPICS_PER_CONN"}, strconv.Itoa(loop.DefaultMaxTopicsPerConn), "subscriptions per connection", setInt(func(c *Config) *int { return &c.MaxTopicsPerConn }, 1)},
+		{"publish-rate", []string{"CHATGG_PUBLISH_RATE"}, strconv.Itoa(loop.DefaultPublishRate), "publishes per second per connection", setFloat(func(c *Config) *float64 { return &c.PublishRate })},
+		{"publish-burst", []string{"CHATGG_PUBLISH_BURST"}, strconv.Itoa(loop.DefaultPublishBurst), "publish burst per connection", setFloat(func(c *Config) *float64 { return &c.PublishBurst })},
+		{"dedup-window", []string{"CHATGG_DEDUP_WINDOW"}, "5m", "how long an idempotency key is remembered", setDuration(func(c *Config) *time.Duration { return &c.DedupWindow })},
+		{"shutdown-timeout", []string{"CHATGG_SHUTDOWN_TIMEOUT"}, "10s", "bound on a graceful stop", setDuration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+		{"batch-size", []string{"CHATGG_BATCH_SIZE"}, "500", "messages per storage batch", setInt(func(c *Config) *int { return &c.BatchSize }, 1)},
+		{"batch-wait", []string{"CHATGG_BATCH_WAIT"}, "50ms", "longest wait to fill a storage batch", setDuration(func(c *Config) *time.Duration { return &c.BatchWait })},
+		{"worker-heartbeat", []string{"CHATGG_WORKER_HEARTBEAT"}, "10s", "Redis queue: a worker silent this long is dead and its batch goes back to the queue", setDuration(func(c *Config) *time.Duration { return &c.WorkerHeartbeat })},
+		{"recover-interval", []string{"CHATGG_RECOVER_INTERVAL"}, "5s", "Redis queue: how often workers look for dead workers", setDuration(func(c *Config) *time.Duration { return &c.RecoverInterval })},
+	}
+}
+
+func setString(field func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *field(c) = v; return nil }
+}
+
+func setInt(field func(*Config) *int, min int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return errors.New("not an integer")
+		}
+		if n < min {
+			return fmt.Errorf("must be at least %d", min)
+		}
+		*field(c) = n
+		return nil
+	}
+}
+
+func setFloat(field func(*Config) *float64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f <= 0 {
+			return errors.New("must be a positive number")
+		}
+		*field(c) = f
+		return nil
+	}
+}
+
+func setDuration(field func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return errors.New("must be a positive duration such as 10s")
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+func setAddr(dst *string, v string) error {
+	if _, _, err := net.SplitHostPort(v); err != nil {
+		return errors.New("must be host:port or :port")
+	}
+	*dst = v
+	return nil
+}
+
+func nonEmpty(v string) error {
+	if v == "" {
+		return errors.New("must not be empty")
+	}
+	return nil
+}
+
+// ErrHelp is returned by Load when -h or --help was asked for.
+var ErrHelp = flag.ErrHelp
+
+// Load reads the configuration: defaults, then the environment, then flags.
+// args are the command-line arguments after the program name; the first may
+// be a role. A bad value fails with the setting's name.
+func Load(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
+	var c Config
+	c.Role = RoleAll
+	if getenv("WORKER") == "true" || getenv("WORKER") == "1" {
+		c.Role = RoleWorker // the original demo's switch
+	}
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case RoleAll, RoleServe, RoleWorker:
+			c.Role = args[0]
+			args = args[1:]
+		default:
+			return c, fmt.Errorf("unknown role %q: want all, serve or worker", args[0])
+		}
+	}
+
+	opts := options()
+	fs := flag.NewFlagSet("chatgg", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	vals := make([]*string, len(opts))
+	for i, o := range opts {
+		v := o.def
+		for _, name := range o.env {
+			if e := getenv(name); e != "" {
+				v = e
+				break
+			}
+		}
+		if o.flag == "ws-addr" && getenv("CHATGG_WS_ADDR") == "" && getenv("PORT") != "" {
+			v = ":" + getenv("PORT") // the original demo's PORT
+		}
+		vals[i] = fs.String(o.flag, v, fmt.Sprintf("%s (env %s)", o.usage, strings.Join(o.env, ", ")))
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(usage, "usage: chatgg [all|serve|worker] [flags]\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	for i, o := range opts {
+		if err := o.set(&c, *vals[i]); err != nil {
+			return c, fmt.Errorf("invalid --%s (env %s) %q: %v", o.flag, strings.Join(o.env, ", "), *vals[i], err)
+		}
+	}
+	return c, nil
+}
+
+// Options lists every setting for the docs: flag, environment names,
+// default and meaning.
+func Options() [][4]string {
+	var out [][4]string
+	for _, o := range options() {
+		out = append(out, [4]string{"--" + o.flag, strings.Join(o.env, ", "), o.def, o.usage})
+	}
+	return out
+}

@@ -1,0 +1,336 @@
+// Package server wires chatgg together: it reads the configuration (flags
+// and environment), builds the pub/sub bus, the queue, the store and the
+// WebSocket engine for the process's role, plugs them into each other, serves
+// the REST API and metrics on a second port with fasthttp, and stops it all
+// gracefully. Nothing imports server but cmd/chatgg.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/chatgg/chatgg/codec"
+	"github.com/chatgg/chatgg/loop"
+	"github.com/chatgg/chatgg/mq"
+	"github.com/chatgg/chatgg/pubsub"
+	"github.com/chatgg/chatgg/storage"
+)
+
+// busBackend is the method set of pubsub.Local and pubsub.Redis.
+type busBackend interface {
+	bus
+	Subscribe(topic string)
+	Unsubscribe(topic string)
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// queueBackend is the method set of mq.Local and mq.Redis.
+type queueBackend interface {
+	producer
+	RunWorker(ctx context.Context, sink mq.Sink, cfg mq.WorkerConfig) error
+	Stats(ctx context.Context) (mq.Stats, error)
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// storeBackend is the method set of storage.Bolt and storage.Couch.
+type storeBackend interface {
+	storage.Store
+}
+
+// Server is one chatgg process.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	engine  *loop.Engine
+	broker  *broker
+	bus     busBackend
+	queue   queueBackend
+	store   storeBackend
+	dedup   interface{ Close() error }
+	ids     *codec.IDGen
+	metrics *metrics
+	fwd     *forwarder
+
+	http   *fasthttp.Server
+	httpLn net.Listener
+
+	workerCancel context.CancelFunc
+	workerDone   chan struct{}
+	httpDone     chan error
+	stopOnce     sync.Once
+}
+
+// forwarder is the bus's Deliverer: it measures publish-to-delivery latency
+// once per message and node, then hands the message to the engine.
+type forwarder struct {
+	engine  *loop.Engine
+	metrics *metrics
+}
+
+func (f *forwarder) Deliver(m *codec.Message) {
+	f.metrics.observeDelivery(m)
+	if f.engine != nil {
+		f.engine.Deliver(m)
+	}
+}
+
+// New builds a server for cfg; Start runs it.
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Role != RoleAll && (cfg.RedisURL == "" || cfg.CouchDBURL == "") {
+		return nil, fmt.Errorf("role %s needs --redis-url and --couchdb-url: the embedded queue and store live in one process (use role all)", cfg.Role)
+	}
+	s = &Server{cfg: cfg, log: logger.With("component", "server"), ids: codec.NewIDGen(cfg.Node)}
+	s.metrics = newMetrics()
+	s.fwd = &forwarder{metrics: s.metrics}
+	defer func() {
+		if err != nil {
+			s.closeBackends()
+		}
+	}()
+
+	serving := cfg.Role != RoleWorker
+	if cfg.RedisURL != "" {
+		if serving {
+			rb, err := pubsub.NewRedis(pubsub.RedisConfig{URL: cfg.RedisURL, ChannelPrefix: cfg.ChannelPrefix, Deliverer: s.fwd, Logger: logger})
+			if err != nil {
+				return nil, fmt.Errorf("server: redis pub/sub: %w", err)
+			}
+			s.bus = rb
+			d, err := pubsub.NewRedisDedup(pubsub.RedisDedupConfig{Client: rb.Client(), Prefix: cfg.ChannelPrefix, Window: cfg.DedupWindow})
+			if err != nil {
+				return nil, fmt.Errorf("server: redis dedup: %w", err)
+			}
+			s.dedup = d
+		}
+		q, err := mq.NewRedis(mq.RedisConfig{URL: cfg.RedisURL, Queue: cfg.QueueName, HeartbeatTTL: cfg.WorkerHeartbeat, RecoverInterval: cfg.RecoverInterval, Logger: logger})
+		if err != nil {
+			return nil, fmt.Errorf("server: redis queue: %w", err)
+		}
+		s.queue = q
+	} else {
+		s.bus = pubsub.NewLocal(pubsub.LocalConfig{Deliverer: s.fwd})
+		s.dedup = nopCloser{pubsub.NewLocalDedup(cfg.DedupWindow)}
+		s.queue = mq.NewLocal(mq.LocalConfig{Logger: logger})
+	}
+
+	if cfg.CouchDBURL != "" {
+		c, err := storage.NewCouch(ctx, storage.CouchConfig{URL: cfg.CouchDBURL, Logger: logger})
+		if err != nil {
+			return nil, fmt.Errorf("server: couchdb: %w", err)
+		}
+		s.store = c
+	} else {
+		b, err := storage.NewBolt(storage.BoltConfig{Dir: cfg.DataDir, Logger: logger})
+		if err != nil {
+			return nil, fmt.Errorf("server: embedded store: %w", err)
+		}
+		s.store = b
+	}
+
+	if serving {
+		s.broker = newBroker(brokerConfig{
+			Bus:          s.bus,
+			Queue:        s.queue,
+			Dedup:        s.dedup.(deduper),
+			Logger:       logger,
+			OnPublished:  s.metrics.published,
+			OnPublishErr: s.metrics.publishError,
+		})
+		s.engine = loop.New(loop.Config{
+			Addr:                cfg.WSAddr,
+			Loops:               cfg.Loops,
+			MaxHeaderBytes:      cfg.MaxHeaderBytes,
+			HandshakeTimeout:    cfg.HandshakeTimeout,
+			IdleTimeout:         cfg.IdleTimeout,
+			MaxOutboundBytes:    cfg.MaxOutboundBytes,
+			EchoMaxMessageBytes: cfg.EchoMaxMessageBytes,
+			MaxMessageBytes:     cfg.MaxMessageBytes,
+			MaxTopicsPerConn:    cfg.MaxTopicsPerConn,
+			PublishRate:         cfg.PublishRate,
+			PublishBurst:        cfg.PublishBurst,
+			DefaultTopic:        cfg.DefaultTopic,
+			Node:                cfg.Node,
+			IDs:                 s.ids,
+			Publisher:           s.broker,
+			Subscriber:          subscriber{s.bus},
+			Logger:              logger,
+		})
+		s.fwd.engine = s.engine
+		s.metrics.engine = s.engine
+	}
+	s.metrics.queue = s.queue
+	return s, nil
+}
+
+// nopCloser gives LocalDedup a Close.
+type nopCloser struct{ *pubsub.LocalDedup }
+
+func (nopCloser) Close() error { return nil }
+
+// Start binds the WebSocket and REST ports and starts the worker.
+func (s *Server) Start() error {
+	if s.engine != nil {
+		if err := s.engine.Start(); err != nil {
+			return err
+		}
+	}
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		s.stopEngine(context.Background())
+		return fmt.Errorf("server: listen on %s: %w", s.cfg.HTTPAddr, err)
+	}
+	s.httpLn = ln
+	s.http = s.newHTTPServer()
+	s.httpDone = make(chan error, 1)
+	go func() { s.httpDone <- s.http.Serve(ln) }()
+
+	if s.cfg.Role != RoleServe {
+		wctx, cancel := context.WithCancel(context.Background())
+		s.workerCancel = cancel
+		s.workerDone = make(chan struct{})
+		sink := &countingSink{store: s.store, metrics: s.metrics}
+		go func() {
+			defer close(s.workerDone)
+			err := s.queue.RunWorker(wctx, sink, mq.WorkerConfig{BatchSize: s.cfg.BatchSize, MaxWait: s.cfg.BatchWait})
+			if err != nil && !errors.Is(err, context.Canceled) {
+				s.log.Error("worker stopped", "err", err)
+			}
+		}()
+	}
+	s.log.Info("chatgg started", "role", s.cfg.Role, "ws", s.WSAddr(), "http", s.HTTPAddr(),
+		"pubsub", backendName(s.cfg.RedisURL, "redis", "in-process"),
+		"store", backendName(s.cfg.CouchDBURL, "couchdb", "embedded bolt in "+s.cfg.DataDir))
+	return nil
+}
+
+func backendName(url, set, unset string) string {
+	if url != "" {
+		return set
+	}
+	return unset
+}
+
+// WSAddr is the WebSocket listen address ("" for the worker role).
+func (s *Server) WSAddr() string {
+	if s.engine == nil || s.engine.Addr() == nil {
+		return ""
+	}
+	return s.engine.Addr().String()
+}
+
+// HTTPAddr is the REST listen address.
+func (s *Server) HTTPAddr() string {
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
+
+// Shutdown stops gracefully within ctx: the node turns not-ready, WebSocket
+// clients are closed with 1001, publishes in flight finish, the worker
+// stores what it holds, then everything closes.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var errs []error
+	s.stopOnce.Do(func() {
+		s.stopEngine(ctx)
+		if s.broker != nil {
+			s.broker.Close()
+		}
+		if s.http != nil {
+			if err := s.http.ShutdownWithContext(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("server: http shutdown: %w", err))
+			}
+		}
+		if s.workerCancel != nil {
+			s.workerCancel()
+			select {
+			case <-s.workerDone:
+			case <-ctx.Done():
+				errs = append(errs, errors.New("server: worker did not stop in time"))
+			}
+		}
+		s.closeBackends()
+	})
+	return errors.Join(errs...)
+}
+
+func (s *Server) stopEngine(ctx context.Context) {
+	if s.engine == nil || s.engine.Addr() == nil {
+		return
+	}
+	if err := s.engine.Shutdown(ctx); err != nil {
+		s.log.Warn("websocket shutdown", "err", err)
+	}
+}
+
+func (s *Server) closeBackends() {
+	for _, c := range []interface{ Close() error }{s.bus, s.dedup, s.queue, s.store} {
+		if c == nil {
+			continue
+		}
+		if err := c.Close(); err != nil {
+			s.log.Warn("close", "err", err)
+		}
+	}
+}
+
+// countingSink counts store batches for the metrics.
+type countingSink struct {
+	store   storeBackend
+	metrics *metrics
+}
+
+func (c *countingSink) Store(ctx context.Context, batch []*codec.Message) error {
+	start := time.Now()
+	err := c.store.Store(ctx, batch)
+	c.metrics.storeBatch(len(batch), time.Since(start), err)
+	return err
+}
+
+// Main runs chatgg with the given arguments and environment until ctx ends.
+// It returns the process exit code.
+func Main(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) int {
+	cfg, err := Load(args, getenv, stderr)
+	if errors.Is(err, ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "chatgg:", err)
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	s, err := New(ctx, cfg, logger)
+	if err != nil {
+		logger.Error("start failed", "err", err)
+		return 1
+	}
+	if err := s.Start(); err != nil {
+		logger.Error("start failed", "err", err)
+		s.closeBackends()
+		return 1
+	}
+	<-ctx.Done()
+	logger.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := s.Shutdown(sctx); err != nil {
+		logger.Error("shutdown", "err", err)
+		return 1
+	}
+	logger.Info("stopped")
+	return 0
+}
