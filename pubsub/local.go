@@ -3,6 +3,7 @@ package pubsub
 import (
 	"context"
 	"sync/atomic"
+	"time"
 
 	"github.com/chatgg/chatgg/codec"
 )
@@ -11,12 +12,16 @@ import (
 type LocalConfig struct {
 	// Deliverer receives every published message. Required.
 	Deliverer Deliverer
+	// HotWindow bounds each topic's window of recent messages (see
+	// Recent). Zero fields take the defaults; Len < 0 disables it.
+	HotWindow HotWindow
 }
 
 // Local is the in-process bus of a single-node deployment: a publish is
 // delivered straight to the node's own Deliverer. Safe for concurrent use.
 type Local struct {
 	d      Deliverer
+	hot    localWindows
 	closed atomic.Bool
 }
 
@@ -26,7 +31,7 @@ func NewLocal(cfg LocalConfig) *Local {
 	if cfg.Deliverer == nil {
 		panic("pubsub: LocalConfig.Deliverer is nil")
 	}
-	return &Local{d: cfg.Deliverer}
+	return &Local{d: cfg.Deliverer, hot: localWindows{cfg: cfg.HotWindow.withDefaults()}}
 }
 
 // Publish calls the Deliverer for each message of batch, in order, on the
@@ -39,7 +44,9 @@ func (l *Local) Publish(ctx context.Context, batch []*codec.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	now := time.Now()
 	for _, m := range batch {
+		l.hot.add(m, now) // before delivery, as on Redis
 		l.d.Deliver(m)
 	}
 	return nil

@@ -80,6 +80,11 @@ type RedisConfig struct {
 	// ReconnectMaxDelay caps the exponential backoff between reconnection
 	// attempts. Default DefaultReconnectMaxDelay.
 	ReconnectMaxDelay time.Duration
+	// HotWindow bounds each topic's window of recent messages, kept in
+	// Redis beside the channel so that a reconnecting client can catch up
+	// on messages not yet stored (see Recent). Zero fields take the
+	// defaults; Len < 0 disables the window.
+	HotWindow HotWindow
 }
 
 // Redis is a bus over Redis pub/sub for multi-node deployments. Publishing
@@ -105,6 +110,8 @@ type Redis struct {
 	d        Deliverer
 	log      *slog.Logger
 	maxDelay time.Duration
+	hotLen   int
+	hotAge   time.Duration
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -174,6 +181,8 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if r.maxDelay <= 0 {
 		r.maxDelay = DefaultReconnectMaxDelay
 	}
+	hw := cfg.HotWindow.withDefaults()
+	r.hotLen, r.hotAge = hw.Len, hw.Age
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	go r.run()
 	return r, nil
@@ -200,35 +209,52 @@ func (r *Redis) Publish(ctx context.Context, batch []*codec.Message) error {
 	if s == nil {
 		s = new(pubScratch)
 	}
-	// Channel names and wire forms go into one buffer; slices of it are
-	// taken only after the last append, once it no longer moves.
+	// Channel names, hot-window keys and wire forms go into one buffer;
+	// slices of it are taken only after the last append, once it no
+	// longer moves.
 	buf, ends := s.buf[:0], s.ends[:0]
 	for _, m := range batch {
 		buf = append(buf, r.prefix...)
 		buf = append(buf, m.Topic...)
+		ends = append(ends, len(buf))
+		buf = appendHotKey(buf, r.prefix, m.Topic)
 		ends = append(ends, len(buf))
 		buf = codec.AppendMessage(buf, m)
 		ends = append(ends, len(buf))
 	}
 	cmds := s.cmds[:0]
 	start := 0
-	for i := 0; i < len(ends); i += 2 {
-		ch, msg := buf[start:ends[i]], buf[ends[i]:ends[i+1]]
-		start = ends[i+1]
+	for i := 0; i < len(ends); i += 3 {
+		ch, key, msg := buf[start:ends[i]], buf[ends[i]:ends[i+1]], buf[ends[i+1]:ends[i+2]]
+		start = ends[i+2]
+		if r.hotLen > 0 {
+			// The window is written before the PUBLISH, on the same
+			// connection: a node that subscribed before reading the
+			// window sees every message in one or the other.
+			k := rueidis.BinaryString(key)
+			cmds = append(cmds,
+				r.client.B().Lpush().Key(k).Element(rueidis.BinaryString(msg)).Build(),
+				r.client.B().Ltrim().Key(k).Start(0).Stop(int64(r.hotLen-1)).Build(),
+				r.client.B().Pexpire().Key(k).Milliseconds(r.hotAge.Milliseconds()).Build())
+		}
 		cmds = append(cmds, r.client.B().Publish().
 			Channel(rueidis.BinaryString(ch)).
 			Message(rueidis.BinaryString(msg)).Build())
 	}
 	resps := r.client.DoMulti(ctx, cmds...)
 
+	per := len(cmds) / len(batch) // commands per message
 	failed, first := 0, -1
 	var firstErr error
-	for i := range resps {
-		if err := resps[i].Error(); err != nil {
-			if failed == 0 {
-				first, firstErr = i, err
+	for mi := range batch {
+		for _, resp := range resps[mi*per : (mi+1)*per] {
+			if err := resp.Error(); err != nil {
+				if failed == 0 {
+					first, firstErr = mi, err
+				}
+				failed++
+				break
 			}
-			failed++
 		}
 	}
 	if failed == 0 {
