@@ -155,7 +155,7 @@ func (r *Reader) checkHeader(h ws.Header) error {
 // would allocate again.
 func (r *Reader) appendBuf(p []byte) {
 	if n := len(r.buf) + len(p); n > cap(r.buf) && n <= keepBufBytes {
-		nb := make([]byte, len(r.buf), min(max(2*cap(r.buf), n, 512), keepBufBytes))
+		nb := make([]byte, len(r.buf), min(max(2*cap(r.buf), n, 64), keepBufBytes))
 		copy(nb, r.buf)
 		r.buf = nb
 	}
