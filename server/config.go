@@ -54,6 +54,9 @@ type Config struct {
 	BatchWait           time.Duration
 	WorkerHeartbeat     time.Duration
 	RecoverInterval     time.Duration
+	ProxyProtocol       bool
+	DrainPeriod         time.Duration
+	CloseWindow         time.Duration
 }
 
 // option is one setting: its flag, the environment names that also set it
@@ -103,6 +106,13 @@ func options() []option {
 		{"batch-size", []string{"CHATGG_BATCH_SIZE"}, "500", "messages per storage batch", setInt(func(c *Config) *int { return &c.BatchSize }, 1)},
 		{"batch-wait", []string{"CHATGG_BATCH_WAIT"}, "50ms", "longest wait to fill a storage batch", setDuration(func(c *Config) *time.Duration { return &c.BatchWait })},
 		{"worker-heartbeat", []string{"CHATGG_WORKER_HEARTBEAT"}, "10s", "Redis queue: a worker silent this long is dead and its batch goes back to the queue", setDuration(func(c *Config) *time.Duration { return &c.WorkerHeartbeat })},
+		{"proxy-protocol", []string{"CHATGG_PROXY_PROTOCOL"}, "false", "require a PROXY protocol v1/v2 header on every WebSocket and REST connection (behind a balancer that sends it)", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			c.ProxyProtocol = b
+			return err
+		}},
+		{"drain-period", []string{"CHATGG_DRAIN_PERIOD"}, "5s", "on SIGTERM: time spent not-ready but serving, while the balancer moves new clients away", setNonNegDuration(func(c *Config) *time.Duration { return &c.DrainPeriod })},
+		{"close-window", []string{"CHATGG_CLOSE_WINDOW"}, "5s", "on SIGTERM: clients are closed with 1001 spread over this window, so they do not reconnect at once", setNonNegDuration(func(c *Config) *time.Duration { return &c.CloseWindow })},
 		{"recover-interval", []string{"CHATGG_RECOVER_INTERVAL"}, "5s", "Redis queue: how often workers look for dead workers", setDuration(func(c *Config) *time.Duration { return &c.RecoverInterval })},
 	}
 }
@@ -141,6 +151,17 @@ func setDuration(field func(*Config) *time.Duration) func(*Config, string) error
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
 			return errors.New("must be a positive duration such as 10s")
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+func setNonNegDuration(field func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return errors.New("must be a duration such as 5s, or 0")
 		}
 		*field(c) = d
 		return nil

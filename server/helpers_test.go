@@ -26,6 +26,8 @@ func testServer(t testing.TB, mod func(*Config)) *Server {
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.DataDir = t.TempDir()
 	cfg.Loops = 2
+	cfg.DrainPeriod = 0
+	cfg.CloseWindow = 0
 	if mod != nil {
 		mod(&cfg)
 	}

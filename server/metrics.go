@@ -29,6 +29,7 @@ type metrics struct {
 	storeMessages   prometheus.Counter
 	storeSeconds    prometheus.Histogram
 	restRequests    *prometheus.CounterVec
+	rejections      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -63,7 +64,12 @@ func newMetrics() *metrics {
 		Name: "chatgg_http_requests_total",
 		Help: "REST requests, by route and status.",
 	}, []string{"route", "status"})
-	m.reg.MustRegister(
+	m.rejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatgg_rejections_total",
+		Help: "Connections and requests refused before reaching the protocol, by port and reason.",
+	}, []string{"port", "reason"})
+	m.reg.MustRegister(m.rejections,
+
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.publishedTotal, m.publishErrors, m.deliveryLatency,
@@ -72,6 +78,8 @@ func newMetrics() *metrics {
 	)
 	return m
 }
+
+func (m *metrics) rejected(port, reason string) { m.rejections.WithLabelValues(port, reason).Inc() }
 
 func (m *metrics) published(n int) { m.publishedTotal.Add(float64(n)) }
 

@@ -430,7 +430,7 @@ func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	b = append(b, '}')
-	if s.engine != nil && s.engine.Stopping() {
+	if s.draining.Load() {
 		status = fasthttp.StatusServiceUnavailable
 		b = append(b, `,"stopping":true`...)
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -65,6 +66,7 @@ type Server struct {
 	http   *fasthttp.Server
 	httpLn net.Listener
 
+	draining     atomic.Bool // set on Shutdown: /readyz answers 503
 	workerCancel context.CancelFunc
 	workerDone   chan struct{}
 	httpDone     chan error
@@ -193,6 +195,9 @@ func (s *Server) Start() error {
 		s.stopEngine(context.Background())
 		return fmt.Errorf("server: listen on %s: %w", s.cfg.HTTPAddr, err)
 	}
+	if s.cfg.ProxyProtocol {
+		ln = newProxyListener(ln, s.log, func() { s.metrics.rejected("http", "proxy_header") })
+	}
 	s.httpLn = ln
 	s.http = s.newHTTPServer()
 	s.httpDone = make(chan error, 1)
@@ -246,6 +251,18 @@ func (s *Server) HTTPAddr() string {
 func (s *Server) Shutdown(ctx context.Context) error {
 	var errs []error
 	s.stopOnce.Do(func() {
+		// Drain: not ready, still serving, while the balancer moves new
+		// clients to other nodes.
+		s.draining.Store(true)
+		if s.engine != nil && s.cfg.DrainPeriod > 0 {
+			s.log.Info("draining", "period", s.cfg.DrainPeriod)
+			t := time.NewTimer(s.cfg.DrainPeriod)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
 		s.stopEngine(ctx)
 		if s.broker != nil {
 			s.broker.Close()

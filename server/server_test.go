@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -425,6 +426,38 @@ func TestFanOutThousandConnections(t *testing.T) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestShutdownDrainsThenCloses: on shutdown the node turns not-ready but
+// keeps serving for the drain period, then closes clients with 1001.
+func TestShutdownDrainsThenCloses(t *testing.T) {
+	s := testServer(t, func(c *Config) { c.DrainPeriod = time.Second })
+	c := dial(t, s, "/ws")
+	c.send(`{"op":"sub","topic":"d","ref":"s"}`)
+	c.expect("ack", "s")
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- s.Shutdown(ctx)
+	}()
+	base := "http://" + s.HTTPAddr()
+	eventually(t, 2*time.Second, "not ready", func() bool {
+		st, _, _ := httpDo(t, "GET", base+"/readyz", "", "")
+		return st == 503
+	})
+	// Still serving while draining.
+	c.send(`{"op":"pub","topic":"d","data":"during drain","ref":"p"}`)
+	c.expect("ack", "p")
+	c.expect("msg", "")
+	_ = c.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _, err := c.ws.ReadMessage()
+	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != 1001 {
+		t.Fatalf("want close 1001 after the drain, got %v", err)
+	}
+	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 }
