@@ -58,6 +58,8 @@ type loopState struct {
 	conns   []*conn
 	subs    map[string]*subset
 	touched []*conn
+	sent    int64  // frames written by flush since the last flushTouched
+	wbuf    []byte // scratch: small queued frames coalesced by flush
 	out     []byte // scratch: frames written during one OnTraffic, JSON bodies
 	frame   []byte // scratch: the frame around a JSON body in out
 	now     time.Time
@@ -121,51 +123,98 @@ func (ls *loopState) drain(context.Context) error {
 	return nil
 }
 
+// Limits of the write batching in flush.
+const (
+	// maxPendFrames bounds the frames queued on one connection during one
+	// drain; a connection that has that many is written at once. A burst of
+	// deliveries so never asks writev for more than IOV_MAX (1024) buffers,
+	// which fails with EINVAL and made gnet drop the connection, and pend
+	// keeps its capacity between drains: fan-out allocates nothing per
+	// subscriber.
+	maxPendFrames = 64
+	// coalesceBytes: queued frames up to this many bytes in all are copied
+	// into one buffer and written with one write; copying a few KiB costs
+	// less than writev walking one iovec per small frame.
+	coalesceBytes = 16 << 10
+	// writevFrames is the most buffers given to one writev: x/sys/unix
+	// builds the iovec array on the stack up to 8 and allocates beyond.
+	writevFrames = 8
+)
+
 // deliver queues d's frame on every local subscriber of its topic.
 func (ls *loopState) deliver(d *delivery) {
 	s := ls.subs[d.m.Topic]
 	if s == nil {
 		return
 	}
-	for _, c := range s.conns {
+	// Backwards: a failed write closes c, which moves the last subscriber,
+	// already served, into c's place.
+	for i := len(s.conns) - 1; i >= 0; i-- {
+		c := s.conns[i]
 		if c.state != stOpen {
 			continue
 		}
-		f := d.frame(c.mode)
-		if len(c.pend) == 0 {
+		switch len(c.pend) {
+		case 0:
 			ls.touched = append(ls.touched, c)
+		case maxPendFrames:
+			ls.flush(c) // c stays in touched for what follows
+			if c.state != stOpen {
+				continue
+			}
 		}
-		c.pend = append(c.pend, f)
+		c.pend = append(c.pend, d.frame(c.mode))
 	}
 }
 
-// flushTouched writes every connection's queued frames with one writev.
+// flushTouched writes every touched connection's queued frames.
 func (ls *loopState) flushTouched() {
-	var n int64
 	for i, c := range ls.touched {
 		ls.touched[i] = nil
-		if c.state == stClosed {
-			c.pend = c.pend[:0]
-			continue
-		}
-		n += int64(len(c.pend))
-		if len(c.pend) == 1 {
-			_, _ = c.gc.Write(c.pend[0])
-		} else {
-			_, _ = c.gc.Writev(c.pend)
-		}
-		clear(c.pend)
-		if cap(c.pend) > 64 {
-			c.pend = nil
-		} else {
-			c.pend = c.pend[:0]
-		}
-		ls.checkBackpressure(c)
+		ls.flush(c)
 	}
 	ls.touched = ls.touched[:0]
-	if n > 0 {
-		ls.e.stats.msgOut.Add(n)
+	if ls.sent > 0 {
+		ls.e.stats.msgOut.Add(ls.sent)
+		ls.sent = 0
 	}
+}
+
+// flush writes c's queued frames with as few syscalls as allocation-free
+// writes allow. Frames queued for a connection that has since started
+// closing are dropped: nothing follows a close frame (RFC 6455 §5.5.1).
+func (ls *loopState) flush(c *conn) {
+	switch {
+	case len(c.pend) == 0:
+		return
+	case c.state != stOpen:
+	case len(c.pend) == 1:
+		_, _ = c.gc.Write(c.pend[0])
+		ls.sent++
+	default:
+		n := 0
+		for _, f := range c.pend {
+			n += len(f)
+		}
+		if n <= coalesceBytes {
+			ls.wbuf = ls.wbuf[:0]
+			for _, f := range c.pend {
+				ls.wbuf = append(ls.wbuf, f...)
+			}
+			_, _ = c.gc.Write(ls.wbuf)
+		} else {
+			// A failed write closes c: stop there.
+			for p := c.pend; len(p) > 0 && c.state == stOpen; {
+				k := min(len(p), writevFrames)
+				_, _ = c.gc.Writev(p[:k])
+				p = p[k:]
+			}
+		}
+		ls.sent += int64(len(c.pend))
+	}
+	clear(c.pend)
+	c.pend = c.pend[:0]
+	ls.checkBackpressure(c)
 }
 
 // checkBackpressure closes a connection whose unsent bytes passed the
@@ -308,14 +357,15 @@ func (ls *loopState) closed(c *conn) {
 func (ls *loopState) sweep() {
 	cfg := &ls.e.cfg
 	now := ls.now.UnixNano()
-	for i := 0; i < len(ls.conns); i++ {
+	// Backwards: closing c (el.Close, or a failed write) calls closed(),
+	// which moves the last connection, already checked, into c's place.
+	for i := len(ls.conns) - 1; i >= 0; i-- {
 		c := ls.conns[i]
 		switch c.state {
 		case stHandshake:
 			if now-c.opened > int64(cfg.HandshakeTimeout) {
 				ls.e.stats.handshakeTimeout.Add(1)
-				_ = ls.el.Close(c.gc) // calls closed(), which moves the last conn to i
-				i--
+				_ = ls.el.Close(c.gc)
 			}
 		case stOpen:
 			idle := now - c.lastRead
@@ -329,7 +379,6 @@ func (ls *loopState) sweep() {
 		case stClosing:
 			if now-c.closing > int64(cfg.CloseTimeout) {
 				_ = ls.el.Close(c.gc)
-				i--
 			}
 		}
 	}
@@ -337,15 +386,14 @@ func (ls *loopState) sweep() {
 
 // shutdown closes every connection of the loop with 1001.
 func (ls *loopState) shutdown() {
-	for i := 0; i < len(ls.conns); i++ {
+	// Backwards, as in sweep.
+	for i := len(ls.conns) - 1; i >= 0; i-- {
 		c := ls.conns[i]
-		if c.state == stOpen {
+		switch c.state {
+		case stOpen:
 			ls.closeConn(c, codec.CloseGoingAway, "server shutting down")
-			continue
-		}
-		if c.state == stHandshake {
+		case stHandshake:
 			_ = ls.el.Close(c.gc)
-			i--
 		}
 	}
 }
