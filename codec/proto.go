@@ -903,3 +903,14 @@ func AppendError(dst, ref []byte, code int, msg string) []byte {
 	dst = appendJSONString(dst, msg)
 	return append(dst, '}')
 }
+
+// AppendSubAck appends {"op":"ack","ref":R,"recovered":B}, the answer to a
+// sub with "after": recovered is false when the server cannot vouch that
+// every message after the client's id was replayed.
+func AppendSubAck(dst, ref []byte, recovered bool) []byte {
+	dst = append(dst, `{"op":"ack"`...)
+	dst = appendRef(dst, ref)
+	dst = append(dst, `,"recovered":`...)
+	dst = strconv.AppendBool(dst, recovered)
+	return append(dst, '}')
+}

@@ -59,6 +59,15 @@ type Subscriber interface {
 	Unsubscribe(topic string)
 }
 
+// Recoverer finds the messages a reconnecting client missed (met by the
+// server, from the bus's hot window and the store).
+type Recoverer interface {
+	// Recover looks up the messages of topic after the one with id after,
+	// oldest first. It must not block; done is called once, from any
+	// goroutine. recovered is false when continuity cannot be vouched for.
+	Recover(topic, after string, done func(msgs []*codec.Message, recovered bool, err error))
+}
+
 // Config configures an Engine. Zero fields take the defaults above.
 type Config struct {
 	// Addr is the TCP listen address (default ":9001").
@@ -106,6 +115,14 @@ type Config struct {
 	Publisher Publisher
 	// Subscriber is told of node-wide subscription changes; may be nil.
 	Subscriber Subscriber
+	// Recoverer answers subs with "after"; nil refuses them.
+	Recoverer Recoverer
+	// ProxyProtocol requires a PROXY protocol v1 or v2 header before the
+	// upgrade request; connections without one are dropped.
+	ProxyProtocol bool
+	// CloseWindow spreads the 1001 closes of Shutdown over this long, so
+	// clients do not all reconnect at once (default 0: all at once).
+	CloseWindow time.Duration
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -16,6 +17,7 @@ import (
 // Connection states.
 const (
 	stHandshake uint8 = iota // waiting for the HTTP upgrade request
+	stProxy                  // waiting for the PROXY protocol header
 	stOpen                   // WebSocket open
 	stClosing                // our close frame sent; waiting for the client's
 	stClosed                 // gone
@@ -46,14 +48,17 @@ type conn struct {
 	ls       *loopState
 	rd       codec.Reader
 	subs     []subRef
-	pend     [][]byte // frames queued during one inbox drain
-	topic    string   // raw mode: the connection's topic
-	opened   int64    // unix ns
-	lastRead int64    // unix ns of the last bytes received
-	closing  int64    // unix ns our close frame was sent
-	tokens   float64  // publish token bucket
-	tokensAt int64    // unix ns of the last refill
-	idx      int32    // position in ls.conns
+	pend     [][]byte       // frames queued during one inbox drain
+	recov    []recovery     // subs with "after" waiting for their replay
+	peer     netip.AddrPort // the client; from the PROXY header behind a balancer
+	topic    string         // raw mode: the connection's topic
+	opened   int64          // unix ns
+	lastRead int64          // unix ns of the last bytes received
+	closing  int64          // unix ns our close frame was sent
+	tokens   float64        // publish token bucket
+	tokensAt int64          // unix ns of the last refill
+	idx      int32          // position in ls.conns
+	scan     int32          // bytes of the upgrade request already scanned
 	state    uint8
 	mode     uint8
 	pinged   bool
@@ -74,12 +79,28 @@ func (ls *loopState) traffic(c *conn) gnet.Action {
 	off := 0
 	ls.out = ls.out[:0]
 	action := gnet.None
+	if c.state == stProxy {
+		var h codec.ProxyHeader
+		n, err := codec.ParseProxy(buf, &h)
+		switch {
+		case err == nil:
+			if h.Src.IsValid() {
+				c.peer = h.Src
+			}
+			c.state, off = stHandshake, n
+		case errors.Is(err, codec.ErrIncomplete):
+			return gnet.None
+		default:
+			ls.e.stats.reject(0)
+			return gnet.Close
+		}
+	}
 	if c.state == stHandshake {
 		var n int
-		n, action = ls.upgrade(c, buf)
-		off = n
+		n, action = ls.upgrade(c, buf[off:])
+		off += n
 	}
-	for action == gnet.None && off < len(buf) && c.state != stHandshake {
+	for action == gnet.None && off < len(buf) && c.state >= stOpen {
 		m, n, err := c.rd.Next(buf[off:])
 		off += n
 		if err != nil {
@@ -121,10 +142,17 @@ func (ls *loopState) fail(c *conn, err error) gnet.Action {
 // upgrade parses the HTTP upgrade request; on success it answers 101 and
 // sets the connection's mode.
 func (ls *loopState) upgrade(c *conn, buf []byte) (int, gnet.Action) {
-	var req codec.UpgradeRequest
-	n, err := codec.ParseUpgrade(buf, &req, ls.e.cfg.MaxHeaderBytes)
+	// Scan only the bytes that arrived since the last call: a request
+	// trickling in byte by byte costs O(n), not O(n²).
+	_, next, err := codec.UpgradeHeadLen(buf, int(c.scan), ls.e.cfg.MaxHeaderBytes)
 	if errors.Is(err, codec.ErrIncomplete) {
+		c.scan = int32(next)
 		return 0, gnet.None
+	}
+	var req codec.UpgradeRequest
+	n := 0
+	if err == nil {
+		n, err = codec.ParseUpgrade(buf, &req, ls.e.cfg.MaxHeaderBytes)
 	}
 	if err != nil {
 		return len(buf), ls.reject(codec.UpgradeStatus(err), err.Error())
@@ -311,10 +339,27 @@ func (ls *loopState) request(c *conn, p []byte) {
 				ls.out = appendErrorFrame(ls.out, ref, codeForbidden, "topic limit reached")
 				return
 			}
+			if req.HasAfter && len(req.After) > 0 && !codec.ValidID(string(req.After)) {
+				ls.out = appendErrorFrame(ls.out, ref, codeBadRequest, "after must be a message id")
+				return
+			}
 			topic := string(req.Topic)
+			var r *recovery
+			if req.HasAfter {
+				if cfg.Recoverer == nil {
+					ls.out = appendErrorFrame(ls.out, ref, codeUnavailable, "recovery is not available on this node")
+					return
+				}
+				c.recov = append(c.recov, recovery{topic: topic, after: string(req.After), ref: ref})
+				r = &c.recov[len(c.recov)-1]
+			}
 			waiter := func(err error) { ls.post(event{kind: evSubAck, c: c, ref: ref, id: topic, err: err}) }
 			if !ls.subscribe(c, topic, waiter) {
 				return // answered by subAck once the bus confirms
+			}
+			if r != nil {
+				ls.askRecoverer(c, r) // answered by recovered
+				return
 			}
 		}
 		if ref != "" {

@@ -94,12 +94,17 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	if e.stopping.Swap(true) {
 		return nil
 	}
-	for _, ls := range e.loopList() {
-		ls.post(event{kind: evShutdown})
-	}
-	tick := time.NewTicker(10 * time.Millisecond)
+	// Each loop closes its share of connections on every shutdown event
+	// (see loopState.shutdown), until all are gone or ctx ends.
+	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	for e.stats.conns.Load() > 0 {
+	for {
+		for _, ls := range e.loopList() {
+			ls.post(event{kind: evShutdown})
+		}
+		if e.stats.conns.Load() == 0 {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			e.log.Warn("shutdown: closing remaining connections", "conns", e.stats.conns.Load())

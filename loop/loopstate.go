@@ -2,6 +2,7 @@ package loop
 
 import (
 	"context"
+	"net"
 	"sync"
 	"time"
 
@@ -15,23 +16,26 @@ import (
 type eventKind uint8
 
 const (
-	evDeliver  eventKind = iota + 1 // write d to the topic's local subscribers
-	evAck                           // answer a publish: ack or error
-	evClose                         // close c with code
-	evSweep                         // check timers
-	evShutdown                      // close every connection with 1001
-	evSubAck                        // the node's subscription to a topic is confirmed or failed
+	evDeliver   eventKind = iota + 1 // write d to the topic's local subscribers
+	evAck                            // answer a publish: ack or error
+	evClose                          // close c with code
+	evSweep                          // check timers
+	evShutdown                       // close every connection with 1001
+	evSubAck                         // the node's subscription to a topic is confirmed or failed
+	evRecovered                      // a sub with "after" has its missed messages
 )
 
 // event is one unit of work posted to a loop from another goroutine.
 type event struct {
-	kind eventKind
-	d    *delivery
-	c    *conn
-	ref  string
-	id   string
-	err  error
-	code ws.StatusCode
+	kind      eventKind
+	d         *delivery
+	c         *conn
+	ref       string
+	id        string
+	err       error
+	code      ws.StatusCode
+	msgs      []*codec.Message // evRecovered
+	recovered bool             // evRecovered
 }
 
 // subset is the local subscribers of one topic on one loop. A slice, not a
@@ -63,6 +67,9 @@ type loopState struct {
 	out     []byte // scratch: frames written during one OnTraffic, JSON bodies
 	frame   []byte // scratch: the frame around a JSON body in out
 	now     time.Time
+
+	shutdownAt                   time.Time // first shutdown event
+	shutdownOpen, shutdownClosed int       // open connections then, closed since
 }
 
 func newLoopState(e *Engine, el gnet.EventLoop, idx int) *loopState {
@@ -116,6 +123,8 @@ func (ls *loopState) drain(context.Context) error {
 			ls.shutdown()
 		case evSubAck:
 			ls.subAck(ev)
+		case evRecovered:
+			ls.recovered(ev)
 		}
 		*ev = event{} // drop references for the GC
 	}
@@ -153,6 +162,12 @@ func (ls *loopState) deliver(d *delivery) {
 		c := s.conns[i]
 		if c.state != stOpen {
 			continue
+		}
+		if c.recov != nil {
+			if r := c.recovering(d.m.Topic); r != nil {
+				ls.hold(c, r, d)
+				continue
+			}
 		}
 		switch len(c.pend) {
 		case 0:
@@ -276,6 +291,9 @@ func (ls *loopState) subAck(ev *event) {
 			ls.unsubscribe(c, i)
 		}
 		ls.out = codec.AppendError(ls.out[:0], refBytes(ev.ref), codeUnavailable, "subscribe failed: "+ev.err.Error())
+	} else if r := c.recovering(ev.id); r != nil {
+		ls.askRecoverer(c, r)
+		return
 	} else if ev.ref != "" {
 		ls.out = codec.AppendAck(ls.out[:0], refBytes(ev.ref), "", 0)
 	} else {
@@ -301,6 +319,9 @@ func (ls *loopState) subscribe(c *conn, topic string, waiter func(error)) (ready
 func (ls *loopState) unsubscribe(c *conn, i int) {
 	r := c.subs[i]
 	s := r.s
+	if c.recov != nil {
+		c.dropRecovery(s.topic)
+	}
 	last := len(s.conns) - 1
 	if int(r.idx) != last {
 		moved := s.conns[last]
@@ -326,6 +347,12 @@ func (ls *loopState) unsubscribe(c *conn, i int) {
 func (ls *loopState) open(gc gnet.Conn) {
 	c := &conn{gc: gc, ls: ls, idx: int32(len(ls.conns)), opened: time.Now().UnixNano()}
 	c.lastRead = c.opened
+	if a, ok := gc.RemoteAddr().(*net.TCPAddr); ok {
+		c.peer = a.AddrPort()
+	}
+	if ls.e.cfg.ProxyProtocol {
+		c.state = stProxy
+	}
 	ls.conns = append(ls.conns, c)
 	gc.SetContext(c)
 	ls.e.stats.conns.Add(1)
@@ -362,7 +389,7 @@ func (ls *loopState) sweep() {
 	for i := len(ls.conns) - 1; i >= 0; i-- {
 		c := ls.conns[i]
 		switch c.state {
-		case stHandshake:
+		case stHandshake, stProxy:
 			if now-c.opened > int64(cfg.HandshakeTimeout) {
 				ls.e.stats.handshakeTimeout.Add(1)
 				_ = ls.el.Close(c.gc)
@@ -384,15 +411,37 @@ func (ls *loopState) sweep() {
 	}
 }
 
-// shutdown closes every connection of the loop with 1001.
+// shutdown closes the loop's connections with 1001, spread over
+// CloseWindow: Engine.Shutdown posts it repeatedly, and each call closes
+// the share of connections due by then, so clients reconnect elsewhere over
+// the window rather than all at once. Connections still upgrading are
+// dropped at once.
 func (ls *loopState) shutdown() {
+	if ls.shutdownAt.IsZero() {
+		ls.shutdownAt = ls.now
+		ls.shutdownOpen = 0
+		for _, c := range ls.conns {
+			if c.state == stOpen {
+				ls.shutdownOpen++
+			}
+		}
+	}
+	due := ls.shutdownOpen
+	if w := ls.e.cfg.CloseWindow; w > 0 {
+		if el := ls.now.Sub(ls.shutdownAt); el < w {
+			due = int((int64(ls.shutdownOpen)*int64(el) + int64(w) - 1) / int64(w))
+		}
+	}
 	// Backwards, as in sweep.
 	for i := len(ls.conns) - 1; i >= 0; i-- {
 		c := ls.conns[i]
 		switch c.state {
 		case stOpen:
-			ls.closeConn(c, codec.CloseGoingAway, "server shutting down")
-		case stHandshake:
+			if ls.shutdownClosed < due {
+				ls.shutdownClosed++
+				ls.closeConn(c, codec.CloseGoingAway, "server shutting down")
+			}
+		case stHandshake, stProxy:
 			_ = ls.el.Close(c.gc)
 		}
 	}

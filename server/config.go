@@ -55,6 +55,8 @@ type Config struct {
 	WorkerHeartbeat     time.Duration
 	RecoverInterval     time.Duration
 	ProxyProtocol       bool
+	HotWindowLen        int
+	HotWindowAge        time.Duration
 	DrainPeriod         time.Duration
 	CloseWindow         time.Duration
 }
@@ -106,6 +108,8 @@ func options() []option {
 		{"batch-size", []string{"CHATGG_BATCH_SIZE"}, "500", "messages per storage batch", setInt(func(c *Config) *int { return &c.BatchSize }, 1)},
 		{"batch-wait", []string{"CHATGG_BATCH_WAIT"}, "50ms", "longest wait to fill a storage batch", setDuration(func(c *Config) *time.Duration { return &c.BatchWait })},
 		{"worker-heartbeat", []string{"CHATGG_WORKER_HEARTBEAT"}, "10s", "Redis queue: a worker silent this long is dead and its batch goes back to the queue", setDuration(func(c *Config) *time.Duration { return &c.WorkerHeartbeat })},
+		{"hot-window", []string{"CHATGG_HOT_WINDOW"}, "1000", "recent messages kept per topic for reconnecting clients (sub with after)", setInt(func(c *Config) *int { return &c.HotWindowLen }, 1)},
+		{"hot-window-age", []string{"CHATGG_HOT_WINDOW_AGE"}, "5m", "a topic's recent messages are forgotten this long after its last message", setDuration(func(c *Config) *time.Duration { return &c.HotWindowAge })},
 		{"proxy-protocol", []string{"CHATGG_PROXY_PROTOCOL"}, "false", "require a PROXY protocol v1/v2 header on every WebSocket and REST connection (behind a balancer that sends it)", func(c *Config, v string) error {
 			b, err := strconv.ParseBool(v)
 			c.ProxyProtocol = b

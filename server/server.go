@@ -105,9 +105,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 	}()
 
 	serving := cfg.Role != RoleWorker
+	hot := pubsub.HotWindow{Len: cfg.HotWindowLen, Age: cfg.HotWindowAge}
 	if cfg.RedisURL != "" {
 		if serving {
-			rb, err := pubsub.NewRedis(pubsub.RedisConfig{URL: cfg.RedisURL, ChannelPrefix: cfg.ChannelPrefix, Deliverer: s.fwd, Logger: logger})
+			rb, err := pubsub.NewRedis(pubsub.RedisConfig{URL: cfg.RedisURL, ChannelPrefix: cfg.ChannelPrefix, Deliverer: s.fwd, Logger: logger, HotWindow: hot})
 			if err != nil {
 				return nil, fmt.Errorf("server: redis pub/sub: %w", err)
 			}
@@ -124,7 +125,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 		}
 		s.queue = q
 	} else {
-		s.bus = pubsub.NewLocal(pubsub.LocalConfig{Deliverer: s.fwd})
+		s.bus = pubsub.NewLocal(pubsub.LocalConfig{Deliverer: s.fwd, HotWindow: hot})
 		s.dedup = nopCloser{pubsub.NewLocalDedup(cfg.DedupWindow)}
 		s.queue = mq.NewLocal(mq.LocalConfig{Logger: logger})
 	}
@@ -169,6 +170,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 			IDs:                 s.ids,
 			Publisher:           s.broker,
 			Subscriber:          subscriber{s.bus},
+			Recoverer:           recoverer{hot: s.bus.(recentReader), store: s.store},
+			ProxyProtocol:       cfg.ProxyProtocol,
+			CloseWindow:         cfg.CloseWindow,
 			Logger:              logger,
 		})
 		s.fwd.engine = s.engine

@@ -1,0 +1,93 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/chatgg/chatgg/codec"
+)
+
+// Recovery limits.
+const (
+	// maxRecover bounds the messages replayed to one sub with "after"; a
+	// client further behind gets "recovered":false and pages through the
+	// history API.
+	maxRecover     = 10000
+	recoverTimeout = 10 * time.Second
+	recoverPage    = 1000
+)
+
+// recentReader is a bus's window of recent messages (pubsub.Local, pubsub.Redis).
+type recentReader interface {
+	Recent(ctx context.Context, topic, after string) (msgs []*codec.Message, found bool, err error)
+}
+
+// recoverer implements loop.Recoverer: the messages of a topic after a
+// client's last id, from the bus's hot window (messages not yet stored are
+// there) and, for older ones, from the store.
+type recoverer struct {
+	hot   recentReader
+	store storeBackend
+}
+
+// Recover looks the messages up on its own goroutine: the loop must not wait.
+func (r recoverer) Recover(topic, after string, done func(msgs []*codec.Message, recovered bool, err error)) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
+		defer cancel()
+		done(r.recover(ctx, topic, after))
+	}()
+}
+
+// recover returns the messages of topic after the one with id after, oldest
+// first, each once. recovered is true when continuity is certain: after is
+// in the hot window (whose order is publish order), or the store reaches
+// back to it. An empty after asks for everything.
+func (r recoverer) recover(ctx context.Context, topic, after string) ([]*codec.Message, bool, error) {
+	hot, found, err := r.hot.Recent(ctx, topic, after)
+	if err != nil {
+		return nil, false, err
+	}
+	if found {
+		return capRecover(hot)
+	}
+	// after is older than the window: the store has what came before the
+	// window, the window what may not be stored yet.
+	oldest, ok, err := r.store.Oldest(ctx, topic)
+	if err != nil {
+		return nil, false, err
+	}
+	recovered := after == "" || (ok && oldest <= after)
+	inHot := make(map[string]struct{}, len(hot))
+	for _, m := range hot {
+		inHot[m.ID] = struct{}{}
+	}
+	var out []*codec.Message
+	cursor := after
+	for len(out) <= maxRecover {
+		page, err := r.store.History(ctx, topic, cursor, recoverPage)
+		if err != nil {
+			return nil, false, err
+		}
+		for _, m := range page {
+			if _, dup := inHot[m.ID]; !dup {
+				out = append(out, m)
+			}
+		}
+		if len(page) < recoverPage {
+			break
+		}
+		cursor = page[len(page)-1].ID
+	}
+	out = append(out, hot...)
+	msgs, complete, _ := capRecover(out)
+	return msgs, recovered && complete, nil
+}
+
+// capRecover bounds a replay to maxRecover messages, keeping the oldest.
+func capRecover(msgs []*codec.Message) ([]*codec.Message, bool, error) {
+	if len(msgs) > maxRecover {
+		return msgs[:maxRecover], false, nil
+	}
+	return msgs, true, nil
+}
