@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/chatgg/chatgg/codec"
+	"github.com/chatgg/chatgg/web"
 )
 
 //go:embed openapi.json
@@ -129,6 +130,9 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, metricsHandler fasthttp.Request
 			writeError(ctx, fasthttp.StatusMethodNotAllowed, "method not allowed")
 		}
 		return
+	}
+	if web.Handler(ctx) {
+		return // the chat page: a fixed set of paths, so path is a bounded route label
 	}
 	route = "other"
 	writeError(ctx, fasthttp.StatusNotFound, "no such route")
