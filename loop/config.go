@@ -68,6 +68,14 @@ type Recoverer interface {
 	Recover(topic, after string, done func(msgs []*codec.Message, recovered bool, err error))
 }
 
+// StoreWatcher tells when a message is in the store, for pubs with
+// "stored":true (met by the server).
+type StoreWatcher interface {
+	// WatchStored calls done once, from any goroutine, when the message id
+	// of topic is stored, or with the error that stops it from knowing.
+	WatchStored(topic, id string, done func(err error))
+}
+
 // Config configures an Engine. Zero fields take the defaults above.
 type Config struct {
 	// Addr is the TCP listen address (default ":9001").
@@ -115,6 +123,8 @@ type Config struct {
 	Publisher Publisher
 	// Subscriber is told of node-wide subscription changes; may be nil.
 	Subscriber Subscriber
+	// StoreWatcher answers pubs with "stored":true; nil refuses them.
+	StoreWatcher StoreWatcher
 	// Recoverer answers subs with "after"; nil refuses them.
 	Recoverer Recoverer
 	// ProxyProtocol requires a PROXY protocol v1 or v2 header before the

@@ -262,13 +262,13 @@ func (ls *loopState) publishRaw(c *conn, m codec.Msg) gnet.Action {
 	if m.Op == ws.OpBinary {
 		kind = codec.KindBinary
 	}
-	ls.publish(c, c.topic, kind, m.Payload, "", "")
+	ls.publish(c, c.topic, kind, m.Payload, "", "", false)
 	return gnet.None
 }
 
 // publish builds the message (its id is assigned here, once) and hands it
 // to the Publisher. The payload is copied: it aliases the read buffer.
-func (ls *loopState) publish(c *conn, topic string, kind codec.Kind, data []byte, key, ref string) {
+func (ls *loopState) publish(c *conn, topic string, kind codec.Kind, data []byte, key, ref string, stored bool) {
 	cfg := &ls.e.cfg
 	nowMs := ls.now.UnixMilli()
 	msg := &codec.Message{
@@ -287,6 +287,12 @@ func (ls *loopState) publish(c *conn, topic string, kind codec.Kind, data []byte
 	}
 	wantAck := c.mode == modeJSON && ref != ""
 	cfg.Publisher.Publish(msg, func(id string, err error) {
+		if err == nil && stored {
+			// A second answer once the message is in the store.
+			cfg.StoreWatcher.WatchStored(topic, id, func(err error) {
+				ls.post(event{kind: evStored, c: c, ref: ref, id: id, err: err})
+			})
+		}
 		if err == nil && !wantAck {
 			return
 		}
@@ -385,7 +391,15 @@ func (ls *loopState) request(c *conn, p []byte) {
 		if req.HasKey {
 			key = string(req.Key)
 		}
-		ls.publish(c, string(req.Topic), codec.KindJSON, req.Data, key, ref)
+		if req.Stored && (ref == "" || cfg.StoreWatcher == nil) {
+			msg := "stored needs a ref"
+			if ref != "" {
+				msg = "storage notices are not available on this node"
+			}
+			ls.out = appendErrorFrame(ls.out, ref, codeBadRequest, msg)
+			return
+		}
+		ls.publish(c, string(req.Topic), codec.KindJSON, req.Data, key, ref, req.Stored)
 	default:
 		ls.out = appendErrorFrame(ls.out, ref, codeUnknownOp, "unknown op")
 	}

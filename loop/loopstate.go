@@ -23,6 +23,7 @@ const (
 	evShutdown                       // close every connection with 1001
 	evSubAck                         // the node's subscription to a topic is confirmed or failed
 	evRecovered                      // a sub with "after" has its missed messages
+	evStored                         // a pub with "stored":true is in the store
 )
 
 // event is one unit of work posted to a loop from another goroutine.
@@ -125,6 +126,8 @@ func (ls *loopState) drain(context.Context) error {
 			ls.subAck(ev)
 		case evRecovered:
 			ls.recovered(ev)
+		case evStored:
+			ls.stored(ev)
 		}
 		*ev = event{} // drop references for the GC
 	}
@@ -277,6 +280,19 @@ func (ls *loopState) writeNow(c *conn) {
 	ls.frame = codec.AppendFrame(ls.frame[:0], ws.OpText, true, ls.out)
 	_, _ = c.gc.Write(ls.frame)
 	ls.checkBackpressure(c)
+}
+
+// stored answers a pub with "stored":true a second time.
+func (ls *loopState) stored(ev *event) {
+	if ev.c.state != stOpen {
+		return
+	}
+	if ev.err != nil {
+		ls.out = codec.AppendError(ls.out[:0], refBytes(ev.ref), codeUnavailable, "storage not confirmed: "+ev.err.Error())
+	} else {
+		ls.out = codec.AppendStored(ls.out[:0], refBytes(ev.ref), ev.id)
+	}
+	ls.writeNow(ev.c)
 }
 
 // subAck answers a sub that waited for the bus: an ack, or an error after

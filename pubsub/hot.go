@@ -36,6 +36,10 @@ func (h HotWindow) withDefaults() HotWindow {
 	return h
 }
 
+// internalTopic reports whether topic is one of chatgg's own notices
+// between nodes ('!' cannot start a client topic): they have no window.
+func internalTopic(topic string) bool { return len(topic) > 0 && topic[0] == '!' }
+
 // appendHotKey appends the Redis key of topic's window. Braces keep the
 // topic apart from the rest of the key (topics cannot contain '}').
 func appendHotKey(dst []byte, prefix, topic string) []byte {
@@ -97,7 +101,7 @@ type window struct {
 }
 
 func (w *localWindows) add(m *codec.Message, now time.Time) {
-	if w.cfg.Len <= 0 {
+	if w.cfg.Len <= 0 || internalTopic(m.Topic) {
 		return
 	}
 	w.mu.Lock()

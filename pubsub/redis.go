@@ -145,7 +145,8 @@ type session struct{}
 // pubScratch is Publish's per-call scratch, pooled across calls.
 type pubScratch struct {
 	buf  []byte
-	ends []int // per message: end of channel name, end of wire form
+	ends []int // per message: end of channel name, end of hot key, end of wire form
+	last []int // per message: index after its last command
 	cmds []rueidis.Completed
 }
 
@@ -222,12 +223,12 @@ func (r *Redis) Publish(ctx context.Context, batch []*codec.Message) error {
 		buf = codec.AppendMessage(buf, m)
 		ends = append(ends, len(buf))
 	}
-	cmds := s.cmds[:0]
+	cmds, last := s.cmds[:0], s.last[:0]
 	start := 0
 	for i := 0; i < len(ends); i += 3 {
 		ch, key, msg := buf[start:ends[i]], buf[ends[i]:ends[i+1]], buf[ends[i+1]:ends[i+2]]
 		start = ends[i+2]
-		if r.hotLen > 0 {
+		if r.hotLen > 0 && !internalTopic(batch[i/3].Topic) {
 			// The window is written before the PUBLISH, on the same
 			// connection: a node that subscribed before reading the
 			// window sees every message in one or the other.
@@ -240,14 +241,15 @@ func (r *Redis) Publish(ctx context.Context, batch []*codec.Message) error {
 		cmds = append(cmds, r.client.B().Publish().
 			Channel(rueidis.BinaryString(ch)).
 			Message(rueidis.BinaryString(msg)).Build())
+		last = append(last, len(cmds))
 	}
 	resps := r.client.DoMulti(ctx, cmds...)
 
-	per := len(cmds) / len(batch) // commands per message
 	failed, first := 0, -1
 	var firstErr error
+	from := 0
 	for mi := range batch {
-		for _, resp := range resps[mi*per : (mi+1)*per] {
+		for _, resp := range resps[from:last[mi]] {
 			if err := resp.Error(); err != nil {
 				if failed == 0 {
 					first, firstErr = mi, err
@@ -256,6 +258,7 @@ func (r *Redis) Publish(ctx context.Context, batch []*codec.Message) error {
 				break
 			}
 		}
+		from = last[mi]
 	}
 	if failed == 0 {
 		// Every reply is in, so rueidis has written every command and
@@ -264,7 +267,7 @@ func (r *Redis) Publish(ctx context.Context, batch []*codec.Message) error {
 		// rueidis's queue pointing at buf, so the scratch is dropped.
 		clear(cmds)
 		if cap(buf) <= maxPooledBuf {
-			s.buf, s.ends, s.cmds = buf, ends, cmds
+			s.buf, s.ends, s.cmds, s.last = buf, ends, cmds, last
 			r.bufs.Put(s)
 		}
 		return nil

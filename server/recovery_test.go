@@ -191,3 +191,46 @@ func TestSlowReaderClosedWith4008Recovers(t *testing.T) {
 		}
 	}
 }
+
+// TestStoredNotice: a pub asking "stored":true is acked when accepted and
+// answered again once the message is in the store.
+func TestStoredNotice(t *testing.T) {
+	s := testServer(t, nil)
+	c := dial(t, s, "/ws")
+	c.send(`{"op":"pub","topic":"durable","data":1,"ref":"p","stored":true}`)
+	ack := c.expect("ack", "p")
+	st := c.expect("stored", "p")
+	if st.ID != ack.ID {
+		t.Fatalf("stored %+v for ack %+v", st, ack)
+	}
+	ok, err := storeHas(t.Context(), s.store, "durable", ack.ID)
+	if err != nil || !ok {
+		t.Fatalf("notice sent but the store has no %s: %v", ack.ID, err)
+	}
+	// A retry of a stored message's key is acked and confirmed at once.
+	c.send(`{"op":"pub","topic":"durable","data":1,"ref":"k1","key":"K","stored":true}`)
+	first := c.expect("ack", "k1")
+	c.expect("stored", "k1")
+	c.send(`{"op":"pub","topic":"durable","data":1,"ref":"k2","key":"K","stored":true}`)
+	if again := c.expect("ack", "k2"); again.ID != first.ID {
+		t.Fatalf("retry acked as %s, want %s", again.ID, first.ID)
+	}
+	if st := c.expect("stored", "k2"); st.ID != first.ID {
+		t.Fatalf("retry stored notice %+v", st)
+	}
+	c.send(`{"op":"pub","topic":"durable","data":1,"stored":true}`)
+	if f := c.expect("error", ""); f.Code != 400 {
+		t.Fatalf("stored without ref: %+v", f)
+	}
+}
+
+func TestPredecessor(t *testing.T) {
+	for in, want := range map[string]string{"a0": "9f", "01": "00", "b": "a", "10": "0f", "f": "e"} {
+		if got, ok := predecessor(in); !ok || got != want {
+			t.Errorf("predecessor(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if _, ok := predecessor("000"); ok {
+		t.Error("000 has no predecessor")
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +63,7 @@ type Server struct {
 	ids     *codec.IDGen
 	metrics *metrics
 	fwd     *forwarder
+	watcher *storedWatcher
 
 	http   *fasthttp.Server
 	httpLn net.Listener
@@ -78,9 +80,16 @@ type Server struct {
 type forwarder struct {
 	engine  *loop.Engine
 	metrics *metrics
+	watcher *storedWatcher
 }
 
 func (f *forwarder) Deliver(m *codec.Message) {
+	if strings.HasPrefix(m.Topic, storedTopicPrefix) {
+		if f.watcher != nil {
+			f.watcher.notice(m)
+		}
+		return
+	}
 	f.metrics.observeDelivery(m)
 	if f.engine != nil {
 		f.engine.Deliver(m)
@@ -107,17 +116,20 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 	serving := cfg.Role != RoleWorker
 	hot := pubsub.HotWindow{Len: cfg.HotWindowLen, Age: cfg.HotWindowAge}
 	if cfg.RedisURL != "" {
-		if serving {
+		{
+			// Workers use the bus too, for storage notices.
 			rb, err := pubsub.NewRedis(pubsub.RedisConfig{URL: cfg.RedisURL, ChannelPrefix: cfg.ChannelPrefix, Deliverer: s.fwd, Logger: logger, HotWindow: hot})
 			if err != nil {
 				return nil, fmt.Errorf("server: redis pub/sub: %w", err)
 			}
 			s.bus = rb
-			d, err := pubsub.NewRedisDedup(pubsub.RedisDedupConfig{Client: rb.Client(), Prefix: cfg.ChannelPrefix, Window: cfg.DedupWindow})
-			if err != nil {
-				return nil, fmt.Errorf("server: redis dedup: %w", err)
+			if serving {
+				d, err := pubsub.NewRedisDedup(pubsub.RedisDedupConfig{Client: rb.Client(), Prefix: cfg.ChannelPrefix, Window: cfg.DedupWindow})
+				if err != nil {
+					return nil, fmt.Errorf("server: redis dedup: %w", err)
+				}
+				s.dedup = d
 			}
-			s.dedup = d
 		}
 		q, err := mq.NewRedis(mq.RedisConfig{URL: cfg.RedisURL, Queue: cfg.QueueName, HeartbeatTTL: cfg.WorkerHeartbeat, RecoverInterval: cfg.RecoverInterval, Logger: logger})
 		if err != nil {
@@ -145,6 +157,11 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 	}
 
 	if serving {
+		s.watcher = newStoredWatcher(s.store)
+		s.fwd.watcher = s.watcher
+		if cfg.RedisURL != "" {
+			s.bus.Subscribe(storedTopic(cfg.Node)) // notices from workers anywhere
+		}
 		s.broker = newBroker(brokerConfig{
 			Bus:          s.bus,
 			Queue:        s.queue,
@@ -171,6 +188,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 			Publisher:           s.broker,
 			Subscriber:          subscriber{s.bus},
 			Recoverer:           recoverer{hot: s.bus.(recentReader), store: s.store},
+			StoreWatcher:        s.watcher,
 			ProxyProtocol:       cfg.ProxyProtocol,
 			CloseWindow:         cfg.CloseWindow,
 			Logger:              logger,
@@ -211,7 +229,7 @@ func (s *Server) Start() error {
 		wctx, cancel := context.WithCancel(context.Background())
 		s.workerCancel = cancel
 		s.workerDone = make(chan struct{})
-		sink := &countingSink{store: s.store, metrics: s.metrics}
+		sink := &countingSink{store: s.store, metrics: s.metrics, notify: s.notifyStored}
 		go func() {
 			defer close(s.workerDone)
 			err := s.queue.RunWorker(wctx, sink, mq.WorkerConfig{BatchSize: s.cfg.BatchSize, MaxWait: s.cfg.BatchWait})
@@ -309,17 +327,42 @@ func (s *Server) closeBackends() {
 	}
 }
 
-// countingSink counts store batches for the metrics.
+// countingSink counts store batches for the metrics and sends the
+// storage notices of stored batches.
 type countingSink struct {
 	store   storeBackend
 	metrics *metrics
+	notify  func(ctx context.Context, batch []*codec.Message)
 }
 
 func (c *countingSink) Store(ctx context.Context, batch []*codec.Message) error {
 	start := time.Now()
 	err := c.store.Store(ctx, batch)
 	c.metrics.storeBatch(len(batch), time.Since(start), err)
+	if err == nil {
+		c.notify(ctx, batch)
+	}
 	return err
+}
+
+// Ping lets the worker tell a store outage from a bad message.
+func (c *countingSink) Ping(ctx context.Context) error { return c.store.Ping(ctx) }
+
+// notifyStored tells the nodes that accepted the messages of batch that
+// they are stored: through Redis to whichever node, or directly in one
+// process. A lost notice costs a client its "stored" answer, never data.
+func (s *Server) notifyStored(ctx context.Context, batch []*codec.Message) {
+	if s.cfg.RedisURL == "" {
+		if s.watcher != nil {
+			for _, m := range batch {
+				s.watcher.fire(m.ID)
+			}
+		}
+		return
+	}
+	if err := s.bus.Publish(ctx, storedNotices(batch)); err != nil {
+		s.log.Warn("storage notices not sent", "err", err)
+	}
 }
 
 // Main runs chatgg with the given arguments and environment until ctx ends.
