@@ -15,6 +15,9 @@ const (
 	maxRecover     = 10000
 	recoverTimeout = 10 * time.Second
 	recoverPage    = 1000
+	// overlapWait bounds the wait for storage to catch up with the start
+	// of a full hot window.
+	overlapWait = 5 * time.Second
 )
 
 // recentReader is a bus's window of recent messages (pubsub.Local, pubsub.Redis).
@@ -26,8 +29,9 @@ type recentReader interface {
 // client's last id, from the bus's hot window (messages not yet stored are
 // there) and, for older ones, from the store.
 type recoverer struct {
-	hot   recentReader
-	store storeBackend
+	hot    recentReader
+	hotLen int // the window's length: a window this full may have lost its start
+	store  storeBackend
 }
 
 // Recover looks the messages up on its own goroutine: the loop must not wait.
@@ -52,27 +56,37 @@ func (r recoverer) recover(ctx context.Context, topic, after string) ([]*codec.M
 		return capRecover(hot)
 	}
 	// after is older than the window: the store has what came before the
-	// window, the window what may not be stored yet.
+	// window, the window what may not be stored yet. A full window has
+	// dropped its oldest messages; they are safe only once the store
+	// reaches the window, so wait for it to hold the window's first.
+	overlap := true
+	if len(hot) > 0 && len(hot) >= r.hotLen {
+		overlap = r.waitStored(ctx, topic, hot[0].ID)
+	}
 	oldest, ok, err := r.store.Oldest(ctx, topic)
 	if err != nil {
 		return nil, false, err
 	}
-	recovered := after == "" || (ok && oldest <= after)
+	recovered := overlap && (after == "" || (ok && oldest <= after))
 	inHot := make(map[string]struct{}, len(hot))
 	for _, m := range hot {
 		inHot[m.ID] = struct{}{}
 	}
+	// Storage up to where the window starts (anything stored after that is
+	// in the window or arrives live), then the window.
 	var out []*codec.Message
 	cursor := after
+pages:
 	for len(out) <= maxRecover {
 		page, err := r.store.History(ctx, topic, cursor, recoverPage)
 		if err != nil {
 			return nil, false, err
 		}
 		for _, m := range page {
-			if _, dup := inHot[m.ID]; !dup {
-				out = append(out, m)
+			if _, inWindow := inHot[m.ID]; inWindow {
+				break pages
 			}
+			out = append(out, m)
 		}
 		if len(page) < recoverPage {
 			break
@@ -82,6 +96,24 @@ func (r recoverer) recover(ctx context.Context, topic, after string) ([]*codec.M
 	out = append(out, hot...)
 	msgs, complete, _ := capRecover(out)
 	return msgs, recovered && complete, nil
+}
+
+// waitStored polls the store until it holds id, for at most overlapWait.
+func (r recoverer) waitStored(ctx context.Context, topic, id string) bool {
+	deadline := time.Now().Add(overlapWait)
+	for {
+		if ok, err := storeHas(ctx, r.store, topic, id); err == nil && ok {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // capRecover bounds a replay to maxRecover messages, keeping the oldest.

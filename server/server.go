@@ -187,7 +187,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 			IDs:                 s.ids,
 			Publisher:           s.broker,
 			Subscriber:          subscriber{s.bus},
-			Recoverer:           recoverer{hot: s.bus.(recentReader), store: s.store},
+			Recoverer:           recoverer{hot: s.bus.(recentReader), hotLen: cfg.HotWindowLen, store: s.store},
 			StoreWatcher:        s.watcher,
 			ProxyProtocol:       cfg.ProxyProtocol,
 			CloseWindow:         cfg.CloseWindow,
