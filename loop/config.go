@@ -34,6 +34,7 @@ const (
 	DefaultPublishBurst        = 2000
 	DefaultTopic               = "MESSAGES"
 	DefaultCloseTimeout        = 5 * time.Second
+	DefaultRejectLogInterval   = 10 * time.Second
 )
 
 // Publisher is where connections' messages go (met by the server's broker,
@@ -135,6 +136,33 @@ type Config struct {
 	CloseWindow time.Duration
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
+
+	// Auth verifies the tokens clients connect with (docs/security.md);
+	// nil: tokens are ignored and every connection is anonymous.
+	Auth Authenticator
+	// AllowAnonymous lets connections without a token in when Auth is set.
+	AllowAnonymous bool
+	// AnonymousSubTopics and AnonymousPubTopics are the topic patterns
+	// (see MatchTopic) anonymous connections may subscribe and publish to.
+	// nil: every topic; empty and not nil: none.
+	AnonymousSubTopics, AnonymousPubTopics []string
+	// AllowedOrigins lists the Origin values a browser upgrade may carry:
+	// "scheme://host[:port]", "scheme://*.domain" for any subdomain, or "*".
+	// nil: every origin. Requests without an Origin header are not checked.
+	AllowedOrigins []string
+	// MaxConns bounds the TCP connections on the port, upgraded or not;
+	// an upgrade past it is answered 503 (default 0: no limit).
+	MaxConns int
+	// MaxConnsPerIP bounds the connections from one client address (an
+	// IPv6 /64); an upgrade past it is answered 429 (default 0: no limit).
+	MaxConnsPerIP int
+	// UpgradesPerSecPerIP is the rate of upgrades allowed from one client
+	// address, a token bucket of as many; past it upgrades are answered 429
+	// (default 0: no limit).
+	UpgradesPerSecPerIP float64
+	// RejectLogInterval is the least time between two log lines about
+	// refusals for the same reason (default 10 s).
+	RejectLogInterval time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -182,6 +210,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.IDs == nil {
 		c.IDs = codec.NewIDGen(c.Node)
+	}
+	if c.RejectLogInterval <= 0 {
+		c.RejectLogInterval = DefaultRejectLogInterval
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

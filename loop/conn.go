@@ -32,36 +32,40 @@ const (
 
 // JSON error codes (docs/protocol.md).
 const (
-	codeBadRequest  = 400 // malformed JSON, missing or mistyped field
-	codeForbidden   = 403 // topic limit reached
-	codeUnknownOp   = 405
-	codeTooLarge    = 413
-	codeBadTopic    = 422 // invalid topic name or idempotency key
-	codeRateLimited = 429
-	codeUnavailable = 503 // pub/sub or queue unreachable
+	codeBadRequest   = 400 // malformed JSON, missing or mistyped field
+	codeUnauthorized = 401 // auth op with a token that does not verify
+	codeForbidden    = 403 // topic limit reached, topic not granted, another subject
+	codeUnknownOp    = 405
+	codeTooLarge     = 413
+	codeBadTopic     = 422 // invalid topic name or idempotency key
+	codeRateLimited  = 429
+	codeUnavailable  = 503 // pub/sub or queue unreachable
 )
 
 // conn is one connection's state, kept small: edge nodes hold 100k+ idle
 // connections. Loop goroutine only.
 type conn struct {
-	gc       gnet.Conn
-	ls       *loopState
-	rd       codec.Reader
-	subs     []subRef
-	pend     [][]byte       // frames queued during one inbox drain
-	recov    []recovery     // subs with "after" waiting for their replay
-	peer     netip.AddrPort // the client; from the PROXY header behind a balancer
-	topic    string         // raw mode: the connection's topic
-	opened   int64          // unix ns
-	lastRead int64          // unix ns of the last bytes received
-	closing  int64          // unix ns our close frame was sent
-	tokens   float64        // publish token bucket
-	tokensAt int64          // unix ns of the last refill
-	idx      int32          // position in ls.conns
-	scan     int32          // bytes of the upgrade request already scanned
-	state    uint8
-	mode     uint8
-	pinged   bool
+	gc        gnet.Conn
+	ls        *loopState
+	rd        codec.Reader
+	subs      []subRef
+	pend      [][]byte       // frames queued during one inbox drain
+	recov     []recovery     // subs with "after" waiting for their replay
+	peer      netip.AddrPort // the client; from the PROXY header behind a balancer
+	auth      *Identity      // what the connection's token grants; nil: anonymous
+	topic     string         // raw mode: the connection's topic
+	opened    int64          // unix ns
+	lastRead  int64          // unix ns of the last bytes received
+	closing   int64          // unix ns our close frame was sent
+	tokens    float64        // publish token bucket
+	tokensAt  int64          // unix ns of the last refill
+	idx       int32          // position in ls.conns
+	scan      int32          // bytes of the upgrade request already scanned
+	state     uint8
+	mode      uint8
+	pinged    bool
+	ipCounted bool // counted in the engine's per-address connections
+	overIP    bool // past MaxConnsPerIP: the upgrade is answered 429
 }
 
 // subRef points at the subset a connection is in and its place there.
@@ -88,10 +92,14 @@ func (ls *loopState) traffic(c *conn) gnet.Action {
 				c.peer = h.Src
 			}
 			c.state, off = stHandshake, n
+			if !ls.countPeer(c) {
+				return gnet.Close
+			}
 		case errors.Is(err, codec.ErrIncomplete):
 			return gnet.None
 		default:
 			ls.e.stats.reject(0)
+			ls.e.rejected(rsnProxyHeader, c.peer, 0, ls.now)
 			return gnet.Close
 		}
 	}
@@ -155,9 +163,19 @@ func (ls *loopState) upgrade(c *conn, buf []byte) (int, gnet.Action) {
 		n, err = codec.ParseUpgrade(buf, &req, ls.e.cfg.MaxHeaderBytes)
 	}
 	if err != nil {
-		return len(buf), ls.reject(codec.UpgradeStatus(err), err.Error())
+		status := codec.UpgradeStatus(err)
+		r := rsnBadRequest
+		if status == 431 {
+			r = rsnHeaderTooLarge
+		}
+		return len(buf), ls.reject(c, r, status, err.Error())
 	}
-	cfg := &ls.e.cfg
+	// Admission, cheapest checks first; the token's signature last but one.
+	e := ls.e
+	cfg := &e.cfg
+	if !e.origins.allowed(req.Origin) {
+		return len(buf), ls.reject(c, rsnOrigin, 403, "origin not allowed")
+	}
 	path := req.Path
 	switch {
 	case bytes.Equal(path, []byte("/echo")):
@@ -169,7 +187,7 @@ func (ls *loopState) upgrade(c *conn, buf []byte) (int, gnet.Action) {
 	case bytes.HasPrefix(path, []byte("/raw/")):
 		t := path[len("/raw/"):]
 		if !codec.ValidTopic(t) {
-			return len(buf), ls.reject(400, "invalid topic name")
+			return len(buf), ls.reject(c, rsnBadRequest, 400, "invalid topic name")
 		}
 		c.mode = modeRaw
 		c.topic = string(t)
@@ -179,21 +197,46 @@ func (ls *loopState) upgrade(c *conn, buf []byte) (int, gnet.Action) {
 		c.topic = cfg.DefaultTopic
 		c.rd.MaxMessageBytes = cfg.MaxMessageBytes
 	}
-	ls.out = codec.AppendUpgradeResponse(ls.out, req.Key, nil)
+	if !e.lim.allowUpgrade(c.peer.Addr(), ls.now.UnixNano()) {
+		return len(buf), ls.reject(c, rsnUpgradeRate, 429, "too many upgrades from your address")
+	}
+	if cfg.MaxConns > 0 && e.stats.conns.Load() > int64(cfg.MaxConns) {
+		return len(buf), ls.reject(c, rsnNodeFull, 503, "server full")
+	}
+	if c.overIP {
+		return len(buf), ls.reject(c, rsnIPConns, 429, "too many connections from your address")
+	}
+	token, proto := ls.connectToken(&req)
+	id, r, status, msg := ls.authenticate(token)
+	if status != 0 {
+		return len(buf), ls.reject(c, r, status, msg)
+	}
+	c.auth = id
+	if c.mode == modeRaw {
+		// Raw clients both read and write their topic.
+		t := []byte(c.topic)
+		if !ls.maySub(c, t) || !ls.mayPub(c, t) {
+			c.auth = nil
+			return len(buf), ls.reject(c, rsnTopicForbidden, 403, "topic not allowed")
+		}
+	}
+	ls.out = codec.AppendUpgradeResponse(ls.out, req.Key, proto)
 	c.state = stOpen
 	c.tokens = cfg.PublishBurst
 	c.tokensAt = ls.now.UnixNano()
-	ls.e.stats.upgraded.Add(1)
+	e.stats.upgraded.Add(1)
 	if c.mode == modeRaw {
 		ls.subscribe(c, c.topic, nil)
 	}
 	return n, gnet.None
 }
 
-// reject answers a failed upgrade with an HTTP error and closes.
-func (ls *loopState) reject(status int, msg string) gnet.Action {
+// reject answers a refused upgrade with an HTTP error, counts it by
+// status and reason, and closes.
+func (ls *loopState) reject(c *conn, r reason, status int, msg string) gnet.Action {
 	ls.e.stats.reject(status)
-	ls.out = codec.AppendHTTPError(ls.out, status, msg)
+	ls.e.rejected(r, c.peer, status, ls.now)
+	ls.out = appendReject(ls.out, status, msg)
 	return gnet.Close
 }
 
@@ -279,6 +322,9 @@ func (ls *loopState) publish(c *conn, topic string, kind codec.Kind, data []byte
 		Key:   key,
 		Data:  bytes.Clone(data),
 	}
+	if c.auth != nil {
+		msg.From = c.auth.Subject // set here only: clients cannot choose it
+	}
 	if cfg.Publisher == nil {
 		if c.mode == modeJSON {
 			ls.out = appendErrorFrame(ls.out, ref, codeUnavailable, "publishing is disabled on this node")
@@ -333,6 +379,10 @@ func (ls *loopState) request(c *conn, p []byte) {
 	if req.HasRef {
 		ref = string(req.Ref)
 	}
+	if req.Op == codec.OpAuth {
+		ls.authOp(c, req.Token, ref)
+		return
+	}
 	if !codec.ValidTopic(req.Topic) {
 		ls.out = appendErrorFrame(ls.out, ref, codeBadTopic, "invalid topic name: 1 to 128 bytes of [A-Za-z0-9_.:@/-]")
 		return
@@ -341,6 +391,11 @@ func (ls *loopState) request(c *conn, p []byte) {
 	switch req.Op {
 	case codec.OpSub:
 		if c.subscribedTo(req.Topic) < 0 {
+			if !ls.maySub(c, req.Topic) {
+				ls.e.rejected(rsnSubDenied, c.peer, codeForbidden, ls.now)
+				ls.out = appendErrorFrame(ls.out, ref, codeForbidden, "not allowed to subscribe to this topic")
+				return
+			}
 			if len(c.subs) >= cfg.MaxTopicsPerConn {
 				ls.out = appendErrorFrame(ls.out, ref, codeForbidden, "topic limit reached")
 				return
@@ -379,6 +434,11 @@ func (ls *loopState) request(c *conn, p []byte) {
 			ls.out = appendAckFrame(ls.out, ref)
 		}
 	case codec.OpPub:
+		if !ls.mayPub(c, req.Topic) {
+			ls.e.rejected(rsnPubDenied, c.peer, codeForbidden, ls.now)
+			ls.out = appendErrorFrame(ls.out, ref, codeForbidden, "not allowed to publish to this topic")
+			return
+		}
 		if len(req.Data) > cfg.MaxMessageBytes {
 			ls.out = appendErrorFrame(ls.out, ref, codeTooLarge, "message data too large")
 			return

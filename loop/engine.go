@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -43,19 +44,30 @@ type Engine struct {
 	topics   map[string]*topicState
 
 	stats stats
+
+	lim              *limiter
+	origins          origins
+	anonSub, anonPub topicSet
+	rejLog           rejectLog
 }
 
 // New returns an Engine for cfg; Start runs it.
 func New(cfg Config) *Engine {
 	cfg.setDefaults()
-	return &Engine{
+	e := &Engine{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "loop"),
 		booted:  make(chan struct{}),
 		done:    make(chan error, 1),
 		loopsBy: make(map[gnet.EventLoop]*loopState),
 		topics:  make(map[string]*topicState),
+		lim:     newLimiter(&cfg),
+		origins: newOrigins(cfg.AllowedOrigins),
+		anonSub: newTopicSet(cfg.AnonymousSubTopics),
+		anonPub: newTopicSet(cfg.AnonymousPubTopics),
 	}
+	e.rejLog.interval = int64(cfg.RejectLogInterval)
+	return e
 }
 
 // Start listens and runs the event loops in the background. It returns once
@@ -275,9 +287,17 @@ func (e *Engine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if e.stopping.Load() {
 		return nil, gnet.Close
 	}
+	if max := e.cfg.MaxConns; max > 0 && e.stats.conns.Load() >= hardCap(max) {
+		// Far past the limit: no room even to answer 503.
+		var peer netip.AddrPort
+		if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			peer = a.AddrPort()
+		}
+		e.rejected(rsnNodeFull, peer, 0, time.Now())
+		return nil, gnet.Close
+	}
 	ls := e.loopOf(c)
-	ls.open(c)
-	return nil, gnet.None
+	return nil, ls.open(c)
 }
 
 // OnClose drops the connection's state and subscriptions.
@@ -347,12 +367,15 @@ type Stats struct {
 	Closed           map[uint16]int64 // connections closed by the server, by close code
 	SlowConsumers    int64            // connections closed for exceeding MaxOutboundBytes
 	HandshakeTimeout int64            // connections closed before completing the upgrade
+	Rejections       map[string]int64 // refusals by reason (docs/security.md); only reasons seen
 	Loops            int
 }
 
 // stats holds the counters; all atomic, updated from loops.
 type stats struct {
 	conns, upgraded, msgIn, msgOut, slow, handshakeTimeout atomic.Int64
+
+	rejections [numReasons]atomic.Int64
 
 	mu       sync.Mutex
 	rejected map[int]int64
@@ -389,7 +412,13 @@ func (e *Engine) Stats() Stats {
 		HandshakeTimeout: s.handshakeTimeout.Load(),
 		UpgradeRejected:  map[int]int64{},
 		Closed:           map[uint16]int64{},
+		Rejections:       map[string]int64{},
 		Loops:            len(e.loopList()),
+	}
+	for r := range numReasons {
+		if n := s.rejections[r].Load(); n > 0 {
+			out.Rejections[r.String()] = n
+		}
 	}
 	s.mu.Lock()
 	for k, v := range s.rejected {

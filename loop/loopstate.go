@@ -67,6 +67,7 @@ type loopState struct {
 	wbuf    []byte // scratch: small queued frames coalesced by flush
 	out     []byte // scratch: frames written during one OnTraffic, JSON bodies
 	frame   []byte // scratch: the frame around a JSON body in out
+	tok     []byte // scratch: an unescaped ?token= query value
 	now     time.Time
 
 	shutdownAt                   time.Time // first shutdown event
@@ -359,19 +360,26 @@ func (ls *loopState) unsubscribe(c *conn, i int) {
 	ls.e.release(s.topic)
 }
 
-// open registers a new TCP connection.
-func (ls *loopState) open(gc gnet.Conn) {
-	c := &conn{gc: gc, ls: ls, idx: int32(len(ls.conns)), opened: time.Now().UnixNano()}
+// open registers a new TCP connection. It answers gnet.Close for one that
+// is past the per-address hard cap.
+func (ls *loopState) open(gc gnet.Conn) gnet.Action {
+	ls.now = time.Now()
+	c := &conn{gc: gc, ls: ls, idx: int32(len(ls.conns)), opened: ls.now.UnixNano()}
 	c.lastRead = c.opened
 	if a, ok := gc.RemoteAddr().(*net.TCPAddr); ok {
 		c.peer = a.AddrPort()
 	}
-	if ls.e.cfg.ProxyProtocol {
-		c.state = stProxy
-	}
 	ls.conns = append(ls.conns, c)
 	gc.SetContext(c)
 	ls.e.stats.conns.Add(1)
+	if ls.e.cfg.ProxyProtocol {
+		c.state = stProxy // the client's address comes with the header
+		return gnet.None
+	}
+	if !ls.countPeer(c) {
+		return gnet.Close
+	}
+	return gnet.None
 }
 
 // closed forgets a connection gnet has closed.
@@ -393,6 +401,10 @@ func (ls *loopState) closed(c *conn) {
 	ls.conns = ls.conns[:last]
 	c.rd.Release()
 	c.gc.SetContext(nil)
+	if c.ipCounted {
+		ls.e.lim.release(c.peer.Addr())
+	}
+	c.auth = nil
 	ls.e.stats.conns.Add(-1)
 }
 
@@ -408,11 +420,16 @@ func (ls *loopState) sweep() {
 		case stHandshake, stProxy:
 			if now-c.opened > int64(cfg.HandshakeTimeout) {
 				ls.e.stats.handshakeTimeout.Add(1)
+				ls.e.rejected(rsnHandshakeTimeout, c.peer, 0, ls.now)
 				_ = ls.el.Close(c.gc)
 			}
 		case stOpen:
 			idle := now - c.lastRead
 			switch {
+			case c.expired(ls.now):
+				// Checked here, on the loop's sweep: no timer per connection.
+				ls.e.rejected(rsnSessionExpired, c.peer, closeTokenExpired, ls.now)
+				ls.closeConn(c, closeTokenExpired, "token expired")
 			case idle > int64(cfg.IdleTimeout):
 				ls.closeConn(c, codec.CloseGoingAway, "idle timeout")
 			case idle > int64(cfg.IdleTimeout/2) && !c.pinged:

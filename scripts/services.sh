@@ -7,7 +7,8 @@
 # usage: scripts/services.sh [install|install-apt|install-go|install-node|install-browser|versions]
 #
 #   install          everything below except the browser (make services)
-#   install-apt      Debian packages redis-server and haproxy
+#   install-apt      Debian packages redis-server and haproxy, and for make
+#                    deploy-check docker-compose, shellcheck and ruby
 #   install-go       staticcheck into .cache/bin (make lint)
 #   install-node     tools/node/node_modules from package-lock.json
 #   install-browser  Debian package chromium (not part of make test yet)
@@ -19,7 +20,9 @@ readonly ROOT
 readonly BIN_DIR="$ROOT/.cache/bin"
 readonly NODE_DIR="$ROOT/tools/node"
 readonly STATICCHECK_VERSION=v0.8.2
-readonly APT_PACKAGES=(redis-server haproxy)
+# docker-compose (v1) only validates docker-compose.yml (`config`), ruby
+# checks the Vagrantfile (`ruby -c`): no container or VM runs here.
+readonly APT_PACKAGES=(redis-server haproxy docker-compose shellcheck ruby)
 
 say() { printf 'services: %s\n' "$*"; }
 die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
@@ -88,7 +91,7 @@ install_go() {
 	mkdir -p "$BIN_DIR"
 	# Outside the module so go.mod's requirements and GOFLAGS=-mod=... do not
 	# interfere with the pinned tool version.
-	(cd "$BIN_DIR" && GOBIN="$BIN_DIR" GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION")
+	(cd "$BIN_DIR" && GOBIN="$BIN_DIR" GOFLAGS='' go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION")
 }
 
 # install_node runs npm ci in tools/node when package-lock.json (or the node
@@ -109,10 +112,10 @@ install_go() {
 # (npm's omit-lockfile-registry-resolved), so npm ci asks whichever registry
 # npm is configured with.
 install_node() {
-	command -v node >/dev/null && command -v npm >/dev/null || {
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 		say "node: node/npm not found, installing Debian's nodejs and npm"
 		apt_install nodejs npm
-	}
+	fi
 	local stamp="$NODE_DIR/node_modules/.chatgg-stamp" want
 	want="$(sha256sum "$NODE_DIR/package-lock.json" | cut -d' ' -f1) node-$(node --version)"
 	if [[ -f $stamp && $(<"$stamp") == "$want" && -x $NODE_DIR/node_modules/.bin/pouchdb-server ]]; then
@@ -140,6 +143,9 @@ versions() {
 		echo "staticcheck|$("$BIN_DIR/staticcheck" -version 2>/dev/null || echo missing)"
 		echo "redis-server|$(redis-server --version 2>/dev/null | awk '{ print $3 }' || echo missing)"
 		echo "haproxy|$( (haproxy -v 2>/dev/null || /usr/sbin/haproxy -v 2>/dev/null) | awk 'NR == 1 { print $3 }')"
+		echo "docker-compose|$(docker-compose version --short 2>/dev/null || echo missing)"
+		echo "shellcheck|$(shellcheck --version 2>/dev/null | awk '$1 == "version:" { print $2 }')"
+		echo "ruby|$(ruby -e 'print RUBY_VERSION' 2>/dev/null || echo missing)"
 		echo "node|$(node --version 2>/dev/null || echo missing)"
 		echo "npm|$(npm --version 2>/dev/null || echo missing)"
 		echo "pouchdb-server|$(pkg_version pouchdb-server)"

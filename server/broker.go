@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"sync"
@@ -14,6 +15,10 @@ import (
 // ErrBusy is returned when a broker shard's queue is full: the node is
 // overloaded and the publish is refused rather than buffered without bound.
 var ErrBusy = errors.New("server: publish queue full")
+
+// ErrNotDelivered marks messages that were queued (and so will be stored)
+// but could not be published for live delivery.
+var ErrNotDelivered = errors.New("server: queued for storage but not delivered live")
 
 // ErrStopping is returned for publishes after the broker began to stop.
 var ErrStopping = errors.New("server: shutting down")
@@ -169,8 +174,8 @@ func (b *broker) run(ch chan pubReq) {
 	}
 }
 
-// send publishes one batch: idempotency keys first, then the bus and the
-// queue concurrently; every request is answered.
+// send publishes one batch: idempotency keys first, then the queue, then
+// the bus; every request is answered.
 func (b *broker) send(batch []pubReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
 	defer cancel()
@@ -196,22 +201,26 @@ func (b *broker) send(batch []pubReq) {
 		return
 	}
 
-	var busErr, queueErr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		queueErr = b.cfg.Queue.Enqueue(ctx, msgs)
-	}()
-	busErr = b.cfg.Bus.Publish(ctx, msgs)
-	wg.Wait()
-
-	err := errors.Join(busErr, queueErr)
-	if err != nil {
+	// The queue is the commit point: once a message is queued it will be
+	// stored. Publishing first or alongside would let a message refused
+	// with an error be stored or delivered anyway, and its retry under the
+	// same key twice.
+	if err := b.cfg.Queue.Enqueue(ctx, msgs); err != nil {
 		for _, r := range reqs {
 			if r.m.Key != "" && b.cfg.Dedup != nil {
 				_ = b.cfg.Dedup.Release(context.Background(), r.m.Topic, r.m.Key, r.m.ID)
 			}
+			b.fail(r, err)
+		}
+		return
+	}
+	if err := b.cfg.Bus.Publish(ctx, msgs); err != nil {
+		// Queued, so it will be stored, but not delivered live: answered
+		// with an error (acks mean both), and the idempotency key stays
+		// claimed, so a retry with the same key is acked with this id
+		// instead of storing the message twice.
+		err = fmt.Errorf("%w: %w", ErrNotDelivered, err)
+		for _, r := range reqs {
 			b.fail(r, err)
 		}
 		return

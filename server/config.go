@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -59,6 +61,23 @@ type Config struct {
 	HotWindowAge        time.Duration
 	DrainPeriod         time.Duration
 	CloseWindow         time.Duration
+
+	// Security (docs/security.md).
+	JWTSecret           string
+	JWTPublicKeyFile    string
+	JWTJWKSFile         string
+	JWTIssuer           string
+	JWTAudience         string
+	JWTLeeway           time.Duration
+	AllowAnonymous      string   // "auto", "true" or "false"
+	AnonymousSubTopics  []string // empty: none
+	AnonymousPubTopics  []string
+	AllowedOrigins      []string // nil: every origin
+	APIKeysFile         string
+	APIKeys             string
+	MaxConns            int
+	MaxConnsPerIP       int
+	UpgradesPerSecPerIP float64
 }
 
 // option is one setting: its flag, the environment names that also set it
@@ -70,6 +89,10 @@ type option struct {
 	usage string
 	set   func(c *Config, v string) error
 }
+
+// secretOptions hold credentials: their values are never shown, neither in
+// --help (which prints defaults, read from the environment) nor in errors.
+var secretOptions = map[string]bool{"jwt-secret": true, "api-keys": true}
 
 func options() []option {
 	return []option{
@@ -118,7 +141,90 @@ func options() []option {
 		{"drain-period", []string{"CHATGG_DRAIN_PERIOD"}, "5s", "on SIGTERM: time spent not-ready but serving, while the balancer moves new clients away", setNonNegDuration(func(c *Config) *time.Duration { return &c.DrainPeriod })},
 		{"close-window", []string{"CHATGG_CLOSE_WINDOW"}, "5s", "on SIGTERM: clients are closed with 1001 spread over this window, so they do not reconnect at once", setNonNegDuration(func(c *Config) *time.Duration { return &c.CloseWindow })},
 		{"recover-interval", []string{"CHATGG_RECOVER_INTERVAL"}, "5s", "Redis queue: how often workers look for dead workers", setDuration(func(c *Config) *time.Duration { return &c.RecoverInterval })},
+		{"jwt-secret", []string{"CHATGG_JWT_SECRET"}, "", "HS256 shared secret for WebSocket tokens, at least 32 bytes (prefer the environment)", setString(func(c *Config) *string { return &c.JWTSecret })},
+		{"jwt-public-key", []string{"CHATGG_JWT_PUBLIC_KEY"}, "", "PEM file of RSA or Ed25519 public keys for WebSocket tokens (RS256, EdDSA)", setString(func(c *Config) *string { return &c.JWTPublicKeyFile })},
+		{"jwt-jwks", []string{"CHATGG_JWT_JWKS"}, "", "JWKS file of RSA and Ed25519 public keys for WebSocket tokens, picked by kid (read at start, never fetched)", setString(func(c *Config) *string { return &c.JWTJWKSFile })},
+		{"jwt-issuer", []string{"CHATGG_JWT_ISSUER"}, "", "iss tokens must carry; empty: not checked", setString(func(c *Config) *string { return &c.JWTIssuer })},
+		{"jwt-audience", []string{"CHATGG_JWT_AUDIENCE"}, "", "aud tokens must include; empty: not checked", setString(func(c *Config) *string { return &c.JWTAudience })},
+		{"jwt-leeway", []string{"CHATGG_JWT_LEEWAY"}, "30s", "clock skew allowed on exp and nbf", setNonNegDuration(func(c *Config) *time.Duration { return &c.JWTLeeway })},
+		{"allow-anonymous", []string{"CHATGG_ALLOW_ANONYMOUS"}, "auto", "WebSocket connections without a token: true, false, or auto (allowed exactly when no JWT key is set)", func(c *Config, v string) error {
+			switch v {
+			case "auto", "true", "false":
+				c.AllowAnonymous = v
+				return nil
+			}
+			return errors.New("must be auto, true or false")
+		}},
+		{"anonymous-sub-topics", []string{"CHATGG_ANONYMOUS_SUB_TOPICS"}, "*", "topic patterns anonymous connections may subscribe to, comma-separated (* matches any run of characters); empty: none", setPatterns(func(c *Config) *[]string { return &c.AnonymousSubTopics })},
+		{"anonymous-pub-topics", []string{"CHATGG_ANONYMOUS_PUB_TOPICS"}, "*", "topic patterns anonymous connections may publish to; empty: none", setPatterns(func(c *Config) *[]string { return &c.AnonymousPubTopics })},
+		{"allowed-origins", []string{"CHATGG_ALLOWED_ORIGINS"}, "*", "Origin values browser upgrades may carry, comma-separated: https://host[:port], https://*.domain or *; others get 403", setOrigins},
+		{"api-keys-file", []string{"CHATGG_API_KEYS_FILE"}, "", "REST API keys file: lines of key scope[,scope] [name]; scopes publish, history, admin", setString(func(c *Config) *string { return &c.APIKeysFile })},
+		{"api-keys", []string{"CHATGG_API_KEYS"}, "", "REST API keys as in --api-keys-file, entries separated by ; (prefer the environment)", setString(func(c *Config) *string { return &c.APIKeys })},
+		{"max-conns", []string{"CHATGG_MAX_CONNS"}, "0", "connections on the WebSocket port; upgrades past it get 503 (0: no limit)", setInt(func(c *Config) *int { return &c.MaxConns }, 0)},
+		{"max-conns-per-ip", []string{"CHATGG_MAX_CONNS_PER_IP"}, "0", "connections per client address (IPv6: per /64); upgrades past it get 429 (0: no limit)", setInt(func(c *Config) *int { return &c.MaxConnsPerIP }, 0)},
+		{"upgrades-per-sec-per-ip", []string{"CHATGG_UPGRADES_PER_SEC_PER_IP"}, "0", "WebSocket upgrades per second per client address, burst as many; past it 429 (0: no limit)", setNonNegFloat(func(c *Config) *float64 { return &c.UpgradesPerSecPerIP })},
 	}
+}
+
+func setNonNegFloat(field func(*Config) *float64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+			return errors.New("must be a number, 0 or more")
+		}
+		*field(c) = f
+		return nil
+	}
+}
+
+// splitList splits a comma list, trimming spaces and dropping empty items.
+func splitList(v string) []string {
+	out := []string{}
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// setPatterns parses topic patterns: topic characters and '*'.
+func setPatterns(field func(*Config) *[]string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		pats := splitList(v)
+		for _, p := range pats {
+			if t := strings.ReplaceAll(p, "*", "x"); len(p) > maxPatternBytes || !codec.ValidTopicString(t) {
+				return fmt.Errorf("%q is not a topic pattern", p)
+			}
+		}
+		*field(c) = pats
+		return nil
+	}
+}
+
+// setOrigins parses the origin allowlist.
+func setOrigins(c *Config, v string) error {
+	list := splitList(v)
+	if len(list) == 0 {
+		return errors.New("must list at least one origin, or *")
+	}
+	for i, o := range list {
+		if o == "*" {
+			c.AllowedOrigins = nil
+			return nil
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			return fmt.Errorf("%q is not an origin such as https://chat.example.com", o)
+		}
+		if h := u.Hostname(); strings.Contains(h, "*") && (!strings.HasPrefix(h, "*.") || strings.Count(h, "*") > 1) {
+			return fmt.Errorf("%q: a wildcard must be a whole first label, as in https://*.example.com", o)
+		}
+		list[i] = strings.ToLower(o)
+	}
+	c.AllowedOrigins = list
+	return nil
 }
 
 func setString(field func(*Config) *string) func(*Config, string) error {
@@ -213,6 +319,7 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 	fs := flag.NewFlagSet("chatgg", flag.ContinueOnError)
 	fs.SetOutput(usage)
 	vals := make([]*string, len(opts))
+	secrets := map[string]string{}
 	for i, o := range opts {
 		v := o.def
 		for _, name := range o.env {
@@ -223,6 +330,11 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 		}
 		if o.flag == "ws-addr" && getenv("CHATGG_WS_ADDR") == "" && getenv("PORT") != "" {
 			v = ":" + getenv("PORT") // the original demo's PORT
+		}
+		if secretOptions[o.flag] {
+			// The flag's default is what --help prints: keep the value out.
+			secrets[o.flag] = v
+			v = ""
 		}
 		vals[i] = fs.String(o.flag, v, fmt.Sprintf("%s (env %s)", o.usage, strings.Join(o.env, ", ")))
 	}
@@ -236,9 +348,19 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	for i, o := range opts {
-		if err := o.set(&c, *vals[i]); err != nil {
-			return c, fmt.Errorf("invalid --%s (env %s) %q: %v", o.flag, strings.Join(o.env, ", "), *vals[i], err)
+		v := *vals[i]
+		if secretOptions[o.flag] && !set[o.flag] {
+			v = secrets[o.flag]
+		}
+		if err := o.set(&c, v); err != nil {
+			shown := strconv.Quote(v)
+			if secretOptions[o.flag] {
+				shown = "(value not shown)"
+			}
+			return c, fmt.Errorf("invalid --%s (env %s) %s: %v", o.flag, strings.Join(o.env, ", "), shown, err)
 		}
 	}
 	return c, nil

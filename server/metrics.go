@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,7 +30,12 @@ type metrics struct {
 	storeMessages   prometheus.Counter
 	storeSeconds    prometheus.Histogram
 	restRequests    *prometheus.CounterVec
-	rejections      *prometheus.CounterVec
+
+	// rejMu guards rejections: refusals on the REST port by reason,
+	// exported with the engine's as chatgg_rejections_total{port,reason}
+	// by the stateCollector (one metric family from two sources).
+	rejMu      sync.Mutex
+	rejections map[[2]string]int64
 }
 
 func newMetrics() *metrics {
@@ -64,12 +70,8 @@ func newMetrics() *metrics {
 		Name: "chatgg_http_requests_total",
 		Help: "REST requests, by route and status.",
 	}, []string{"route", "status"})
-	m.rejections = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "chatgg_rejections_total",
-		Help: "Connections and requests refused before reaching the protocol, by port and reason.",
-	}, []string{"port", "reason"})
-	m.reg.MustRegister(m.rejections,
-
+	m.rejections = make(map[[2]string]int64)
+	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.publishedTotal, m.publishErrors, m.deliveryLatency,
@@ -79,7 +81,40 @@ func newMetrics() *metrics {
 	return m
 }
 
-func (m *metrics) rejected(port, reason string) { m.rejections.WithLabelValues(port, reason).Inc() }
+// rejected counts a refusal on port ("http") for reason.
+func (m *metrics) rejected(port, reason string) {
+	m.rejMu.Lock()
+	m.rejections[[2]string{port, reason}]++
+	m.rejMu.Unlock()
+}
+
+// rejectedCount is the running total of rejected(port, reason).
+func (m *metrics) rejectedCount(port, reason string) int64 {
+	m.rejMu.Lock()
+	defer m.rejMu.Unlock()
+	return m.rejections[[2]string{port, reason}]
+}
+
+// rateLog lets a repeated log line through at most once per interval per
+// key, so a flood of bad requests cannot flood the log.
+type rateLog struct {
+	interval time.Duration
+	mu       sync.Mutex
+	last     map[string]time.Time // keys are a fixed set of reasons
+}
+
+func (l *rateLog) allow(key string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last == nil {
+		l.last = make(map[string]time.Time)
+	}
+	if t, ok := l.last[key]; ok && now.Sub(t) < l.interval {
+		return false
+	}
+	l.last[key] = now
+	return true
+}
 
 func (m *metrics) published(n int) { m.publishedTotal.Add(float64(n)) }
 
@@ -90,6 +125,8 @@ func (m *metrics) publishError(err error) {
 		kind = "busy"
 	case errors.Is(err, ErrStopping):
 		kind = "stopping"
+	case errors.Is(err, ErrNotDelivered):
+		kind = "pubsub"
 	case errors.Is(err, context.DeadlineExceeded):
 		kind = "timeout"
 	}
@@ -127,10 +164,11 @@ var (
 	descSlow      = prometheus.NewDesc("chatgg_slow_consumers_total", "Connections closed with 4008 for exceeding their outbound limit.", nil, nil)
 	descHandshake = prometheus.NewDesc("chatgg_handshake_timeouts_total", "Connections closed before completing the upgrade.", nil, nil)
 	descQueue     = prometheus.NewDesc("chatgg_queue_messages", "Messages in the queue, by state (queued, processing, dead).", []string{"state"}, nil)
+	descRejects   = prometheus.NewDesc("chatgg_rejections_total", "Connections and requests refused, by port (ws, http) and reason (docs/security.md).", []string{"port", "reason"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConns, descUpgraded, descRejected, descMsgIn, descMsgOut, descCloses, descSlow, descHandshake, descQueue} {
+	for _, d := range []*prometheus.Desc{descConns, descUpgraded, descRejected, descMsgIn, descMsgOut, descCloses, descSlow, descHandshake, descQueue, descRejects} {
 		ch <- d
 	}
 }
@@ -150,7 +188,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for code, n := range st.Closed {
 			ch <- prometheus.MustNewConstMetric(descCloses, prometheus.CounterValue, float64(n), strconv.Itoa(int(code)))
 		}
+		for reason, n := range st.Rejections {
+			ch <- prometheus.MustNewConstMetric(descRejects, prometheus.CounterValue, float64(n), "ws", reason)
+		}
 	}
+	c.m.rejMu.Lock()
+	for k, n := range c.m.rejections {
+		ch <- prometheus.MustNewConstMetric(descRejects, prometheus.CounterValue, float64(n), k[0], k[1])
+	}
+	c.m.rejMu.Unlock()
 	if q := c.m.queue; q != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()

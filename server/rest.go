@@ -92,39 +92,37 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, metricsHandler fasthttp.Request
 		}
 		return
 	case "/v1/topics":
-		if method(ctx, "GET") && s.serving(ctx) {
+		if s.authorized(ctx, scopeAdmin) && method(ctx, "GET") && s.serving(ctx) {
 			s.listTopics(ctx)
 		}
 		return
 	case "/v1/messages":
-		if method(ctx, "POST") && s.serving(ctx) {
+		if s.authorized(ctx, scopePublish) && method(ctx, "POST") && s.serving(ctx) {
 			s.publishBatch(ctx)
 		}
 		return
 	case "/v1/queue":
-		if method(ctx, "GET") {
+		if s.authorized(ctx, scopeAdmin) && method(ctx, "GET") {
 			s.queueStats(ctx)
 		}
 		return
 	case "/v1/queue/dead/replay":
-		if method(ctx, "POST") {
+		if s.authorized(ctx, scopeAdmin) && method(ctx, "POST") {
 			s.replayDead(ctx)
 		}
 		return
 	}
 	if topic, ok := topicPath(path); ok {
 		route = "/v1/topics/{topic}/messages"
-		if !codec.ValidTopicString(topic) {
-			writeError(ctx, fasthttp.StatusBadRequest, "invalid topic name: 1 to 128 bytes of [A-Za-z0-9_.:@/-]")
-			return
-		}
 		switch string(ctx.Method()) {
 		case "POST":
-			if s.serving(ctx) {
+			if s.authorized(ctx, scopePublish) && validTopic(ctx, topic) && s.serving(ctx) {
 				s.publishOne(ctx, topic)
 			}
 		case "GET":
-			s.history(ctx, topic)
+			if s.authorized(ctx, scopeHistory) && validTopic(ctx, topic) {
+				s.history(ctx, topic)
+			}
 		default:
 			ctx.Response.Header.Set("Allow", "GET, POST")
 			writeError(ctx, fasthttp.StatusMethodNotAllowed, "method not allowed")
@@ -136,6 +134,54 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, metricsHandler fasthttp.Request
 	}
 	route = "other"
 	writeError(ctx, fasthttp.StatusNotFound, "no such route")
+}
+
+// validTopic answers 400 for an invalid topic name.
+func validTopic(ctx *fasthttp.RequestCtx, topic string) bool {
+	if !codec.ValidTopicString(topic) {
+		writeError(ctx, fasthttp.StatusBadRequest, "invalid topic name: 1 to 128 bytes of [A-Za-z0-9_.:@/-]")
+		return false
+	}
+	return true
+}
+
+// authorized checks the request's API key for scope: 401 without a known
+// key, 403 without the scope. With no keys configured REST is open.
+func (s *Server) authorized(ctx *fasthttp.RequestCtx, need scope) bool {
+	if s.apiKeys == nil {
+		return true
+	}
+	const prefix = "bearer "
+	h := ctx.Request.Header.Peek("Authorization")
+	if len(h) <= len(prefix) || !bytes.EqualFold(h[:len(prefix)], []byte(prefix)) {
+		s.restRejected(ctx, "no_api_key")
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="chatgg"`)
+		writeError(ctx, fasthttp.StatusUnauthorized, "API key required: Authorization: Bearer <key>")
+		return false
+	}
+	k, err := s.apiKeys.lookup(bytes.TrimSpace(h[len(prefix):]))
+	if err != nil {
+		s.restRejected(ctx, "bad_api_key")
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="chatgg", error="invalid_token"`)
+		writeError(ctx, fasthttp.StatusUnauthorized, "invalid API key")
+		return false
+	}
+	if k.scopes&need == 0 {
+		s.restRejected(ctx, "scope")
+		writeError(ctx, fasthttp.StatusForbidden, "API key lacks the "+need.String()+" scope")
+		return false
+	}
+	return true
+}
+
+// restRejected counts a refused REST request and logs it at most once per
+// interval per reason; the key presented is never logged.
+func (s *Server) restRejected(ctx *fasthttp.RequestCtx, reason string) {
+	s.metrics.rejected("http", reason)
+	if s.rejLog.allow(reason, time.Now()) {
+		s.log.Info("request refused", "reason", reason, "peer", ctx.RemoteIP().String(),
+			"path", string(ctx.Path()), "total", s.metrics.rejectedCount("http", reason))
+	}
 }
 
 // topicPath matches /v1/topics/{topic}/messages. Topics may contain '/', so
@@ -404,21 +450,25 @@ func (s *Server) listTopics(ctx *fasthttp.RequestCtx) {
 	writeJSON(ctx, fasthttp.StatusOK, b)
 }
 
-// ready handles /readyz: every dependency answers and the node is not
-// shutting down.
+// ready handles /readyz: the dependencies this node needs to do its job
+// answer, and it is not shutting down. A node that accepts messages needs
+// pub/sub and the queue; the store matters to it only for history reads, so
+// a store outage marks it "degraded" but keeps it in the balancer (the queue
+// holds the backlog). A worker needs the queue and the store.
 func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 	rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	type check struct {
-		name string
-		ping func(context.Context) error
+		name     string
+		ping     func(context.Context) error
+		critical bool
 	}
 	var checks []check
 	if s.bus != nil {
-		checks = append(checks, check{"pubsub", s.bus.Ping})
+		checks = append(checks, check{"pubsub", s.bus.Ping, s.broker != nil})
 	}
-	checks = append(checks, check{"queue", s.queue.Ping}, check{"store", s.store.Ping})
-	status := fasthttp.StatusOK
+	checks = append(checks, check{"queue", s.queue.Ping, true}, check{"store", s.store.Ping, s.broker == nil})
+	status, degraded := fasthttp.StatusOK, false
 	b := []byte(`{"checks":{`)
 	for i, c := range checks {
 		if i > 0 {
@@ -427,7 +477,11 @@ func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 		b = codec.AppendJSONString(b, []byte(c.name))
 		b = append(b, ':')
 		if err := c.ping(rctx); err != nil {
-			status = fasthttp.StatusServiceUnavailable
+			if c.critical {
+				status = fasthttp.StatusServiceUnavailable
+			} else {
+				degraded = true
+			}
 			b = codec.AppendJSONString(b, []byte(err.Error()))
 		} else {
 			b = append(b, `"ok"`...)
@@ -438,10 +492,13 @@ func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 		status = fasthttp.StatusServiceUnavailable
 		b = append(b, `,"stopping":true`...)
 	}
-	if status == fasthttp.StatusOK {
-		b = append(b, `,"status":"ready"}`...)
-	} else {
+	switch {
+	case status != fasthttp.StatusOK:
 		b = append(b, `,"status":"not ready"}`...)
+	case degraded:
+		b = append(b, `,"status":"degraded"}`...)
+	default:
+		b = append(b, `,"status":"ready"}`...)
 	}
 	writeJSON(ctx, status, b)
 }

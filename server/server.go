@@ -64,6 +64,8 @@ type Server struct {
 	metrics *metrics
 	fwd     *forwarder
 	watcher *storedWatcher
+	apiKeys *apiKeys // nil: REST is open
+	rejLog  rateLog  // REST refusals
 
 	http   *fasthttp.Server
 	httpLn net.Listener
@@ -105,14 +107,19 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 		return nil, fmt.Errorf("role %s needs --redis-url and --couchdb-url: the embedded queue and store live in one process (use role all)", cfg.Role)
 	}
 	s = &Server{cfg: cfg, log: logger.With("component", "server"), ids: codec.NewIDGen(cfg.Node)}
+	s.rejLog.interval = loop.DefaultRejectLogInterval
 	s.metrics = newMetrics()
 	s.fwd = &forwarder{metrics: s.metrics}
+	built := s // "return nil, err" clears s before this runs
 	defer func() {
 		if err != nil {
-			s.closeBackends()
+			built.closeBackends()
 		}
 	}()
 
+	if err := s.setupAPIKeys(); err != nil {
+		return nil, err
+	}
 	serving := cfg.Role != RoleWorker
 	hot := pubsub.HotWindow{Len: cfg.HotWindowLen, Age: cfg.HotWindowAge}
 	if cfg.RedisURL != "" {
@@ -170,7 +177,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 			OnPublished:  s.metrics.published,
 			OnPublishErr: s.metrics.publishError,
 		})
-		s.engine = loop.New(loop.Config{
+		lc := loop.Config{
 			Addr:                cfg.WSAddr,
 			Loops:               cfg.Loops,
 			MaxHeaderBytes:      cfg.MaxHeaderBytes,
@@ -192,12 +199,70 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 			ProxyProtocol:       cfg.ProxyProtocol,
 			CloseWindow:         cfg.CloseWindow,
 			Logger:              logger,
-		})
+			AnonymousSubTopics:  cfg.AnonymousSubTopics,
+			AnonymousPubTopics:  cfg.AnonymousPubTopics,
+			AllowedOrigins:      cfg.AllowedOrigins,
+			MaxConns:            cfg.MaxConns,
+			MaxConnsPerIP:       cfg.MaxConnsPerIP,
+			UpgradesPerSecPerIP: cfg.UpgradesPerSecPerIP,
+		}
+		if err := s.setupAuth(&lc); err != nil {
+			return nil, err
+		}
+		s.engine = loop.New(lc)
 		s.fwd.engine = s.engine
 		s.metrics.engine = s.engine
 	}
 	s.metrics.queue = s.queue
 	return s, nil
+}
+
+// setupAuth loads the JWT keys for the WebSocket port and says, once and
+// loudly, when it is left open.
+func (s *Server) setupAuth(lc *loop.Config) error {
+	cfg := &s.cfg
+	jc := jwtConfig{
+		Secret:        []byte(cfg.JWTSecret),
+		PublicKeyFile: cfg.JWTPublicKeyFile,
+		JWKSFile:      cfg.JWTJWKSFile,
+		Issuer:        cfg.JWTIssuer,
+		Audience:      cfg.JWTAudience,
+		Leeway:        cfg.JWTLeeway,
+	}
+	if jc.enabled() {
+		a, err := newJWTAuth(jc)
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		lc.Auth = a
+		lc.AllowAnonymous = cfg.AllowAnonymous == "true"
+		if lc.AllowAnonymous {
+			s.log.Warn("SECURITY: WebSocket clients without a token are let in (--allow-anonymous=true); they may use --anonymous-sub-topics and --anonymous-pub-topics",
+				"sub_topics", strings.Join(cfg.AnonymousSubTopics, ","), "pub_topics", strings.Join(cfg.AnonymousPubTopics, ","))
+		}
+	} else {
+		if cfg.AllowAnonymous == "false" {
+			return errors.New("server: --allow-anonymous=false needs --jwt-secret, --jwt-public-key or --jwt-jwks")
+		}
+		if cfg.JWTIssuer != "" || cfg.JWTAudience != "" {
+			return errors.New("server: --jwt-issuer and --jwt-audience need --jwt-secret, --jwt-public-key or --jwt-jwks")
+		}
+		s.log.Warn("SECURITY: WebSocket authentication is OFF: no JWT key is configured (--jwt-secret, --jwt-public-key, --jwt-jwks), so anyone who reaches this port may connect, subscribe and publish")
+	}
+	return nil
+}
+
+// setupAPIKeys loads the REST API keys (every role serves REST).
+func (s *Server) setupAPIKeys() error {
+	keys, err := loadAPIKeys(s.cfg.APIKeysFile, s.cfg.APIKeys)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.apiKeys = keys
+	if keys == nil {
+		s.log.Warn("SECURITY: the REST API is OPEN: no API key is configured (--api-keys-file, CHATGG_API_KEYS), so anyone who reaches the REST port may publish, read history and administer the queue")
+	}
+	return nil
 }
 
 // nopCloser gives LocalDedup a Close.

@@ -40,8 +40,9 @@ type Proc struct {
 	args  func(port int) []string
 	ready func(p *Proc, deadline time.Time) error
 	url   func(port int) string
-	dir   string // working directory, removed when the Proc is closed
-	log   string // stdout and stderr of every run, appended
+	dir   string   // working directory, removed when the Proc is closed
+	log   string   // stdout and stderr of every run, appended
+	env   []string // added to the test binary's environment; nil: inherit it as is
 
 	mu      sync.Mutex // guards the fields below
 	port    int
@@ -103,6 +104,29 @@ func (p *Proc) Stop() { p.signal(syscall.SIGTERM, stopGrace) }
 // Kill sends SIGKILL and waits for the process to exit, as a crash would. It
 // does nothing if the server is not running.
 func (p *Proc) Kill() { p.signal(syscall.SIGKILL, stopGrace) }
+
+// Signal sends sig to the running process without waiting for anything:
+// SIGSTOP and SIGCONT freeze and thaw a server, which is how a test makes a
+// server that keeps its data in memory unavailable for a while. It returns
+// an error if the process is not running.
+func (p *Proc) Signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	cmd, exited := p.cmd, p.exited
+	p.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("%s: not started", p.name)
+	}
+	select {
+	case <-exited:
+		return fmt.Errorf("%s: not running", p.name)
+	default:
+	}
+	return cmd.Process.Signal(sig)
+}
+
+// LogPath returns the file that holds everything the process printed,
+// across restarts, for tests that show more than LogTail.
+func (p *Proc) LogPath() string { return p.log }
 
 // Start starts the server again on the same port and waits until it is
 // ready. The server must be stopped; failures call t.Fatalf on the test that
@@ -181,6 +205,9 @@ func (p *Proc) startOnce(deadline time.Time) error {
 	fmt.Fprintf(logf, "=== testsvc %s: %s %q\n", time.Now().Format(time.RFC3339Nano), p.bin, args)
 	cmd := exec.Command(p.bin, args...)
 	cmd.Dir = p.dir
+	if p.env != nil {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -268,6 +295,11 @@ func (p *Proc) signal(sig syscall.Signal, grace time.Duration) {
 	}
 	// By PID, never by name: other tests' servers share the binary.
 	_ = cmd.Process.Signal(sig)
+	if sig != syscall.SIGKILL {
+		// A process frozen with SIGSTOP (see Signal) would sit on the
+		// signal until the grace period ran out.
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+	}
 	select {
 	case <-exited:
 		return

@@ -56,9 +56,16 @@ const (
 // SIGTERM then SIGKILL), removes their directories and exits with the tests'
 // code. Call it from TestMain in every package that uses testsvc.
 func Main(m *testing.M) {
+	os.Exit(Run(m))
+}
+
+// Run is Main without the exit: it runs the tests, stops every process this
+// package started and returns the tests' code, for a TestMain that has
+// cleaning up of its own to do before it calls os.Exit.
+func Run(m *testing.M) int {
 	code := m.Run()
 	closeAll()
-	os.Exit(code)
+	return code
 }
 
 // Shared servers, one per test binary, started by the first test that asks.
@@ -82,6 +89,20 @@ func Redis(t testing.TB) string {
 func NewRedis(t testing.TB) *Proc {
 	t.Helper()
 	p, err := startRedis(t)
+	if err != nil {
+		t.Fatalf("testsvc: %v", err)
+	}
+	return p
+}
+
+// NewRedisWith is NewRedis with extra redis-server arguments, which override
+// the defaults (no persistence). With "--appendonly", "yes",
+// "--appendfsync", "always" the server keeps every acknowledged write across
+// Stop and Start (or Kill and Start): its append-only file stays in the
+// Proc's directory until the test ends.
+func NewRedisWith(t testing.TB, extraArgs ...string) *Proc {
+	t.Helper()
+	p, err := startRedis(t, extraArgs...)
 	if err != nil {
 		t.Fatalf("testsvc: %v", err)
 	}
@@ -143,6 +164,101 @@ func HAProxy(t testing.TB, cfg string) *Proc {
 		})
 	}
 	if err := p.startFresh(haproxyReadyTimeout, nil); err != nil {
+		t.Fatalf("testsvc: %v", err)
+	}
+	return p
+}
+
+// HAProxyFile starts `haproxy -f PATH -db` on a configuration file that the
+// caller does not write, such as the deployment's, with env ("NAME=value")
+// added to the environment: HAProxy expands "${NAME}" in quoted strings, so
+// the file takes its addresses from there. Stopped by t.Cleanup. It waits
+// until every port in wait is listening (the file's bind lines name
+// variables, not ports); Port and URL report the first.
+func HAProxyFile(t testing.TB, path string, env []string, wait ...int) *Proc {
+	t.Helper()
+	bin, err := lookBinary("haproxy", "/usr/sbin/haproxy")
+	if err != nil {
+		t.Fatalf("testsvc: %v", err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		t.Fatalf("testsvc: %v", err)
+	}
+	first := 0
+	if len(wait) > 0 {
+		first = wait[0]
+	}
+	p, err := newProc(t, "haproxy", bin, first)
+	if err != nil {
+		t.Fatalf("testsvc: %v", err)
+	}
+	p.env = append([]string{}, env...)
+	p.args = func(int) []string { return []string{"-f", abs, "-db"} }
+	p.url = func(port int) string { return "tcp://127.0.0.1:" + strconv.Itoa(port) }
+	p.ready = func(p *Proc, deadline time.Time) error {
+		return p.poll(deadline, func() error {
+			for _, port := range wait {
+				if !listening(port) {
+					return fmt.Errorf("port %d not listening", port)
+				}
+			}
+			return nil
+		})
+	}
+	if err := p.startFresh(haproxyReadyTimeout, nil); err != nil {
+		t.Fatalf("testsvc: %v", err)
+	}
+	return p
+}
+
+// ProcSpec describes a process for StartProc.
+type ProcSpec struct {
+	// Name is a short name for messages and the log's file name, such as
+	// "chatgg-serve-1".
+	Name string
+	// Bin is the executable and Args its arguments.
+	Bin  string
+	Args []string
+	// Env is added to the test binary's environment.
+	Env []string
+	// Port is what Port, Addr and URL (tcp://127.0.0.1:PORT) report; 0 if
+	// the process has no port worth naming.
+	Port int
+	// Ready, when set, is polled every 50 ms after the start until it
+	// returns nil; the start fails if it has not within ReadyTimeout or
+	// the process exits first.
+	Ready func() error
+	// ReadyTimeout bounds the wait for Ready. Default 30 s.
+	ReadyTimeout time.Duration
+}
+
+// StartProc starts a process of the test's own, such as the binary under
+// test, with the same care as the servers above: stdout and stderr go to a
+// log file (LogTail, LogPath), the kernel kills it if the test binary dies,
+// and t.Cleanup stops it by PID (SIGTERM, then SIGKILL after a grace
+// period). Stop, Kill, Signal and Start (same arguments) work as for the
+// servers. A failed start calls t.Fatalf with the log's tail.
+func StartProc(t testing.TB, spec ProcSpec) *Proc {
+	t.Helper()
+	if spec.ReadyTimeout <= 0 {
+		spec.ReadyTimeout = 30 * time.Second
+	}
+	p, err := newProc(t, spec.Name, spec.Bin, spec.Port)
+	if err != nil {
+		t.Fatalf("testsvc: %v", err)
+	}
+	args := append([]string{}, spec.Args...)
+	p.env = append([]string{}, spec.Env...)
+	p.args = func(int) []string { return args }
+	p.url = func(port int) string { return "tcp://127.0.0.1:" + strconv.Itoa(port) }
+	p.ready = func(p *Proc, deadline time.Time) error {
+		if spec.Ready == nil {
+			return p.alive()
+		}
+		return p.poll(deadline, spec.Ready)
+	}
+	if err := p.startFresh(spec.ReadyTimeout, nil); err != nil {
 		t.Fatalf("testsvc: %v", err)
 	}
 	return p
@@ -219,7 +335,7 @@ func shared(t testing.TB, get func() (*Proc, error)) string {
 	return p.URL()
 }
 
-func startRedis(t testing.TB) (*Proc, error) {
+func startRedis(t testing.TB, extraArgs ...string) (*Proc, error) {
 	bin, err := lookBinary("redis-server", "/usr/bin/redis-server")
 	if err != nil {
 		return nil, err
@@ -233,14 +349,15 @@ func startRedis(t testing.TB) (*Proc, error) {
 		return nil, err
 	}
 	p.args = func(port int) []string {
-		return []string{
+		// Later arguments win, so extraArgs override the defaults.
+		return append([]string{
 			"--port", strconv.Itoa(port),
 			"--bind", "127.0.0.1",
 			"--save", "",
 			"--appendonly", "no",
 			"--dir", p.dir,
 			"--daemonize", "no",
-		}
+		}, extraArgs...)
 	}
 	p.url = func(port int) string { return "redis://127.0.0.1:" + strconv.Itoa(port) + "/0" }
 	p.ready = func(p *Proc, deadline time.Time) error {

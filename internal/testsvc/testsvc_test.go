@@ -1,6 +1,7 @@
 package testsvc
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -8,9 +9,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -351,5 +356,140 @@ func (f *fatalTB) Cleanup(fn func()) { f.cleanups = append(f.cleanups, fn) }
 func (f *fatalTB) runCleanups() {
 	for i := len(f.cleanups) - 1; i >= 0; i-- {
 		f.cleanups[i]()
+	}
+}
+
+// redisCmd sends one inline command and returns the first line of the reply.
+func redisCmd(t *testing.T, addr, cmd string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, cmd+"\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	return strings.TrimRight(line, "\r\n")
+}
+
+func TestNewRedisWithAppendOnlyKeepsWritesAcrossRestart(t *testing.T) {
+	p := NewRedisWith(t, "--appendonly", "yes", "--appendfsync", "always")
+	if got := redisCmd(t, p.Addr(), "CONFIG GET appendonly"); got != "*2" {
+		t.Fatalf("CONFIG GET appendonly: %q", got)
+	}
+	if got := redisCmd(t, p.Addr(), "RPUSH kept a"); got != ":1" {
+		t.Fatalf("RPUSH: %q", got)
+	}
+	p.Stop()
+	p.Start()
+	if got := redisCmd(t, p.Addr(), "LLEN kept"); got != ":1" {
+		t.Fatalf("LLEN after Stop and Start = %q, want :1", got)
+	}
+	p.Kill()
+	p.Start()
+	if got := redisCmd(t, p.Addr(), "LLEN kept"); got != ":1" {
+		t.Fatalf("LLEN after Kill and Start = %q, want :1", got)
+	}
+}
+
+func TestHAProxyFileTakesAddressesFromEnv(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echo.Close() })
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
+	text := "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n" +
+		"frontend front\n    bind \"${FRONT}\"\n    default_backend echo\n" +
+		"backend echo\n    server s1 \"${BACK}\"\n"
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	front := FreePort(t)
+	p := HAProxyFile(t, cfg, []string{fmt.Sprintf("FRONT=127.0.0.1:%d", front), "BACK=" + echo.Addr().String()}, front)
+	if p.Port() != front {
+		t.Fatalf("Port %d, want %d", p.Port(), front)
+	}
+	c, err := net.DialTimeout("tcp", p.Addr(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := "through ${FRONT}\n"
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+		t.Fatalf("echo = %q, %v; want %q\n%s", got, err, msg, p.LogTail())
+	}
+}
+
+// procState returns the state letter of a process from /proc (R, S, T, ...).
+func procState(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pid (comm) state ...; comm may hold spaces, so cut after the last ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return f[0]
+}
+
+func TestStartProcFreezesAndStopsFrozen(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	p := StartProc(t, ProcSpec{Name: "sleep", Bin: sleep, Args: []string{"600"}})
+	pid := p.PID()
+	if !p.Running() || pid == 0 {
+		t.Fatalf("not running after StartProc")
+	}
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for procState(t, pid) != "T" {
+		if time.Now().After(deadline) {
+			t.Fatalf("state %s after SIGSTOP, want T", procState(t, pid))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Stop thaws a frozen process, so SIGTERM acts at once rather than
+	// after the grace period's SIGKILL.
+	start := time.Now()
+	p.Stop()
+	if p.Running() {
+		t.Fatal("running after Stop")
+	}
+	if d := time.Since(start); d >= stopGrace {
+		t.Fatalf("Stop of a frozen process took %v", d)
+	}
+	if err := p.Signal(syscall.SIGCONT); err == nil {
+		t.Fatal("Signal on a stopped process succeeded")
+	}
+	if !strings.Contains(p.LogTail(), "sleep") {
+		t.Fatalf("log lacks the command line:\n%s", p.LogTail())
 	}
 }
