@@ -186,6 +186,14 @@ function timeEl(ts) {
 }
 
 /** wsURL is ws(s)://<page host>:<?ws= or 9001>/ws. */
+// wsProtocols carries a JWT from the page's fragment (#token=...) as the
+// "bearer.<token>" subprotocol (docs/security.md): the fragment never
+// reaches a server log or a Referer header.
+function wsProtocols() {
+  const t = new URLSearchParams(location.hash.slice(1)).get('token');
+  return t && /^[A-Za-z0-9._-]+$/.test(t) ? ['chatgg.v1', `bearer.${t}`] : undefined;
+}
+
 function wsURL() {
   const q = new URLSearchParams(location.search).get('ws');
   const port = q && /^\d{1,5}$/.test(q) ? q : String(DEFAULT_WS_PORT);
@@ -274,7 +282,7 @@ class Chat {
     ui.setConn('connecting', 'Connecting');
     let ws;
     try {
-      ws = new WebSocket(wsURL());
+      ws = new WebSocket(wsURL(), wsProtocols());
     } catch (e) {
       this.reconnectLater(String(e));
       return;
