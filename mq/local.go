@@ -51,7 +51,7 @@ func NewLocal(cfg LocalConfig) *Local {
 	return &Local{
 		capacity: cfg.Capacity,
 		log:      discardLogger(cfg.Logger).With("component", "mq"),
-		lim:      logLimiter{every: logEvery},
+		lim:      logLimiter{Every: logEvery},
 		notify:   make(chan struct{}, 1),
 	}
 }

@@ -34,10 +34,10 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/chatgg/chatgg/codec"
+	"github.com/chatgg/chatgg/internal/ratelog"
 )
 
 // Sink is where workers hand batches (met by the storage stores).
@@ -186,34 +186,12 @@ func discardLogger(l *slog.Logger) *slog.Logger {
 // logEvery is how often a repeated warning (Sink or Redis down) is logged.
 const logEvery = 10 * time.Second
 
-// logLimiter lets a repeated warning through at most once per interval and
-// counts the ones it held back, so an outage of minutes costs one line per
-// interval rather than one per retry.
-type logLimiter struct {
-	every time.Duration
-
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
-}
-
-// allow reports whether a line may be logged now and, if so, how many were
-// suppressed since the last one.
-func (l *logLimiter) allow(now time.Time) (ok bool, suppressed int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < l.every {
-		l.suppressed++
-		return false, 0
-	}
-	l.last = now
-	suppressed, l.suppressed = l.suppressed, 0
-	return true, suppressed
-}
+// logLimiter is the shared rate limit on repeated log lines.
+type logLimiter = ratelog.Limiter
 
 // warn logs msg at Warn through lim.
 func warn(log *slog.Logger, lim *logLimiter, msg string, err error, attrs ...slog.Attr) {
-	ok, suppressed := lim.allow(time.Now())
+	ok, suppressed := lim.Allow(time.Now())
 	if !ok {
 		return
 	}

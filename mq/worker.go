@@ -85,8 +85,8 @@ func (r *Redis) RunWorker(ctx context.Context, sink Sink, cfg WorkerConfig) erro
 		sink: sink,
 		cfg:  cfg.withDefaults(),
 		log:  r.log,
-		lim:  logLimiter{every: logEvery},
-		slim: logLimiter{every: logEvery},
+		lim:  logLimiter{Every: logEvery},
+		slim: logLimiter{Every: logEvery},
 	}
 	if err := w.redo(ctx, "join", w.join); err != nil {
 		if w.fatal != nil {

@@ -20,10 +20,9 @@ package pubsub
 import (
 	"errors"
 	"log/slog"
-	"sync"
-	"time"
 
 	"github.com/chatgg/chatgg/codec"
+	"github.com/chatgg/chatgg/internal/ratelog"
 )
 
 // Deliverer is where messages arriving from the bus go (met by the loop
@@ -51,27 +50,5 @@ func discardLogger(l *slog.Logger) *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// logLimiter lets a repeated warning through at most once per interval and
-// counts the ones it held back, so a flood (a peer publishing garbage, Redis
-// down for minutes) costs one line per interval.
-type logLimiter struct {
-	every time.Duration
-
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
-}
-
-// allow reports whether a line may be logged now and, if so, how many were
-// suppressed since the last one.
-func (l *logLimiter) allow(now time.Time) (ok bool, suppressed int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < l.every {
-		l.suppressed++
-		return false, 0
-	}
-	l.last = now
-	suppressed, l.suppressed = l.suppressed, 0
-	return true, suppressed
-}
+// logLimiter is the shared rate limit on repeated log lines.
+type logLimiter = ratelog.Limiter

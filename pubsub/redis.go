@@ -174,7 +174,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		dirty:    make(map[string]struct{}),
 		conf:     make(map[string]struct{}),
 		confCh:   make(chan struct{}),
-		badLog:   logLimiter{every: badLogEvery},
+		badLog:   logLimiter{Every: badLogEvery},
 	}
 	if r.prefix == "" {
 		r.prefix = DefaultChannelPrefix
@@ -392,7 +392,7 @@ func (r *Redis) run() {
 		everUp    bool
 		downSince time.Time
 		attempts  int
-		downLog   = logLimiter{every: downLogEvery}
+		downLog   = logLimiter{Every: downLogEvery}
 	)
 	onUp := func(topics int) {
 		if everUp {
@@ -412,14 +412,14 @@ func (r *Redis) run() {
 		now := time.Now()
 		if wasUp {
 			downSince = now
-			downLog.allow(now) // the next "still down" comes an interval later
+			downLog.Allow(now) // the next "still down" comes an interval later
 			r.log.Warn("redis subscription lost, reconnecting", "err", err)
 		} else {
 			attempts++
 			if downSince.IsZero() {
 				downSince = now
 			}
-			if ok, suppressed := downLog.allow(now); ok {
+			if ok, suppressed := downLog.Allow(now); ok {
 				r.log.Warn("redis subscription down", "err", err, "attempts", attempts,
 					"down", now.Sub(downSince).Round(time.Millisecond), "suppressed", suppressed)
 			}
@@ -629,7 +629,7 @@ func (r *Redis) onMessage(pm rueidis.PubSubMessage) {
 }
 
 func (r *Redis) warnBad(topic, msg string, err error) {
-	if ok, suppressed := r.badLog.allow(time.Now()); ok {
+	if ok, suppressed := r.badLog.Allow(time.Now()); ok {
 		r.log.LogAttrs(context.Background(), slog.LevelWarn, msg,
 			slog.String("topic", topic), slog.Any("err", err), slog.Int("suppressed", suppressed))
 	}

@@ -733,7 +733,8 @@ func TestRejectedRESTRequestsLeaveMemoryFlat(t *testing.T) {
 }
 
 func TestRateLog(t *testing.T) {
-	l := rateLog{interval: time.Second}
+	var l rateLog
+	l.Every = time.Second
 	now := time.Now()
 	if !l.allow("a", now) || l.allow("a", now.Add(500*time.Millisecond)) || !l.allow("b", now) || !l.allow("a", now.Add(time.Second)) {
 		t.Fatal("rateLog does not let one line per interval and key through")

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/chatgg/chatgg/codec"
+	"github.com/chatgg/chatgg/internal/ratelog"
 	"github.com/chatgg/chatgg/loop"
 )
 
@@ -97,23 +98,11 @@ func (m *metrics) rejectedCount(port, reason string) int64 {
 
 // rateLog lets a repeated log line through at most once per interval per
 // key, so a flood of bad requests cannot flood the log.
-type rateLog struct {
-	interval time.Duration
-	mu       sync.Mutex
-	last     map[string]time.Time // keys are a fixed set of reasons
-}
+type rateLog struct{ ratelog.Keyed }
 
 func (l *rateLog) allow(key string, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.last == nil {
-		l.last = make(map[string]time.Time)
-	}
-	if t, ok := l.last[key]; ok && now.Sub(t) < l.interval {
-		return false
-	}
-	l.last[key] = now
-	return true
+	ok, _ := l.Allow(key, now)
+	return ok
 }
 
 func (m *metrics) published(n int) { m.publishedTotal.Add(float64(n)) }

@@ -107,7 +107,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 		return nil, fmt.Errorf("role %s needs --redis-url and --couchdb-url: the embedded queue and store live in one process (use role all)", cfg.Role)
 	}
 	s = &Server{cfg: cfg, log: logger.With("component", "server"), ids: codec.NewIDGen(cfg.Node)}
-	s.rejLog.interval = loop.DefaultRejectLogInterval
+	s.rejLog.Every = loop.DefaultRejectLogInterval
 	s.metrics = newMetrics()
 	s.fwd = &forwarder{metrics: s.metrics}
 	built := s // "return nil, err" clears s before this runs
