@@ -134,39 +134,11 @@ func NewCouch(t testing.TB) *Proc {
 // listening; Port and URL report the first one.
 func HAProxy(t testing.TB, cfg string) *Proc {
 	t.Helper()
-	bin, err := lookBinary("haproxy", "/usr/sbin/haproxy")
-	if err != nil {
+	path := filepath.Join(t.TempDir(), "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatalf("testsvc: %v", err)
 	}
-	binds := bindPorts(cfg)
-	first := 0
-	if len(binds) > 0 {
-		first = binds[0]
-	}
-	p, err := newProc(t, "haproxy", bin, first)
-	if err != nil {
-		t.Fatalf("testsvc: %v", err)
-	}
-	cfgPath := filepath.Join(p.dir, "haproxy.cfg")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatalf("testsvc: %v", err)
-	}
-	p.args = func(int) []string { return []string{"-f", cfgPath, "-db"} }
-	p.url = func(port int) string { return "tcp://127.0.0.1:" + strconv.Itoa(port) }
-	p.ready = func(p *Proc, deadline time.Time) error {
-		return p.poll(deadline, func() error {
-			for _, port := range binds {
-				if !listening(port) {
-					return fmt.Errorf("port %d not listening", port)
-				}
-			}
-			return nil
-		})
-	}
-	if err := p.startFresh(haproxyReadyTimeout, nil); err != nil {
-		t.Fatalf("testsvc: %v", err)
-	}
-	return p
+	return HAProxyFile(t, path, nil, bindPorts(cfg)...)
 }
 
 // HAProxyFile starts `haproxy -f PATH -db` on a configuration file that the
