@@ -92,6 +92,14 @@ type clusterConfig struct {
 	// line (flags given twice: the last wins).
 	ServeArgs  []string
 	WorkerArgs []string
+	// CheckInter is the balancer's health check interval (LB_CHECK_INTER;
+	// whole milliseconds); default 300ms. A node is DOWN after two failed
+	// checks and UP after two good ones (haproxy.cfg).
+	CheckInter time.Duration
+	// ExitStatus runs every serve node under a minimal init (testInit in
+	// rolling_test.go) that records how the node's process exited; read it
+	// with node.exitStatus.
+	ExitStatus bool
 }
 
 // cluster is one chatgg deployment on loopback ports: Redis, a CouchDB
@@ -111,6 +119,9 @@ type cluster struct {
 	lbHTTP  string // host:port of its REST frontend
 	lbStats string // host:port of its stats page
 
+	checkInter time.Duration // the balancer's check interval
+	exitStatus bool          // serve nodes run under testInit
+
 	rdb rueidis.Client // for looking into the queue
 }
 
@@ -121,6 +132,8 @@ type node struct {
 	proc *testsvc.Proc
 	ws   string // WebSocket host:port ("" for a worker)
 	http string // REST host:port
+
+	statusFile string // where testInit records each exit ("" without clusterConfig.ExitStatus)
 }
 
 // httpURL returns the node's REST URL for path.
@@ -137,12 +150,17 @@ func startCluster(t testing.TB, cfg clusterConfig) *cluster {
 	if cfg.Couch == "" {
 		cfg.Couch = testsvc.Couch(t)
 	}
+	if cfg.CheckInter == 0 {
+		cfg.CheckInter = 300 * time.Millisecond
+	}
 	c := &cluster{
-		t:      t,
-		couch:  cfg.Couch,
-		db:     testsvc.UniqueName(t, "e2e"),
-		prefix: testsvc.UniqueName(t, "chan") + ":",
-		queue:  testsvc.UniqueName(t, "queue"),
+		t:          t,
+		couch:      cfg.Couch,
+		db:         testsvc.UniqueName(t, "e2e"),
+		prefix:     testsvc.UniqueName(t, "chan") + ":",
+		queue:      testsvc.UniqueName(t, "queue"),
+		checkInter: cfg.CheckInter,
+		exitStatus: cfg.ExitStatus,
 	}
 	c.dbURL = c.couch + "/" + c.db
 	t.Cleanup(func() { couchDeleteDB(c.dbURL) })
@@ -223,11 +241,25 @@ func (c *cluster) startNode(name, role string, args []string, ws, http int) *nod
 	if slices.Contains(args, "--proxy-protocol") {
 		proxied.Store(n.http, true)
 	}
+	const gorace = "halt_on_error=0"
+	bin, env := chatggBin, []string{"GORACE=" + gorace}
+	if c.exitStatus && role == "serve" {
+		n.statusFile = filepath.Join(t.TempDir(), name+".exit")
+		bin, args = testInitBin(t), append([]string{chatggBin}, args...)
+		// testInit hands chatgg its GORACE; its own skips the race
+		// runtime's 1 s wait at exit (atexit_sleep_ms), which would
+		// delay every exit the test waits for.
+		env = []string{
+			testInitEnv + "=" + n.statusFile,
+			testInitGORACEEnv + "=" + gorace,
+			"GORACE=" + gorace + " atexit_sleep_ms=0",
+		}
+	}
 	n.proc = testsvc.StartProc(t, testsvc.ProcSpec{
 		Name:  name,
-		Bin:   chatggBin,
+		Bin:   bin,
 		Args:  args,
-		Env:   []string{"GORACE=halt_on_error=0"},
+		Env:   env,
 		Port:  http,
 		Ready: func() error { return wantStatus(n.httpURL("/readyz"), http200) },
 		// Race-built nodes on two cores start slowly.
@@ -275,7 +307,7 @@ func (c *cluster) startBalancer() {
 		"LB_STATS_BIND=" + c.lbStats,
 		// Fast checks, so that faults show in seconds; production keeps
 		// the file's default.
-		"LB_CHECK_INTER=300ms",
+		fmt.Sprintf("LB_CHECK_INTER=%dms", c.checkInter.Milliseconds()),
 	}
 	if len(c.nodes) != 3 {
 		t.Fatalf("haproxy.cfg names 3 brokers, the cluster has %d nodes", len(c.nodes))

@@ -169,8 +169,13 @@ func (ls *loopState) deliver(d *delivery) {
 		}
 		if c.recov != nil {
 			if r := c.recovering(d.m.Topic); r != nil {
-				ls.hold(c, r, d)
-				continue
+				if r.doneAt == 0 {
+					ls.hold(c, r, d)
+					continue
+				}
+				if c.afterReplay(r, d) {
+					continue
+				}
 			}
 		}
 		switch len(c.pend) {
@@ -308,7 +313,7 @@ func (ls *loopState) subAck(ev *event) {
 			ls.unsubscribe(c, i)
 		}
 		ls.out = codec.AppendError(ls.out[:0], refBytes(ev.ref), codeUnavailable, "subscribe failed: "+ev.err.Error())
-	} else if r := c.recovering(ev.id); r != nil {
+	} else if r := c.recovering(ev.id); r != nil && r.doneAt == 0 {
 		ls.askRecoverer(c, r)
 		return
 	} else if ev.ref != "" {
@@ -424,6 +429,9 @@ func (ls *loopState) sweep() {
 				_ = ls.el.Close(c.gc)
 			}
 		case stOpen:
+			if c.recov != nil {
+				c.expireReplays(now)
+			}
 			idle := now - c.lastRead
 			switch {
 			case c.expired(ls.now):

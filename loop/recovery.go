@@ -1,6 +1,8 @@
 package loop
 
 import (
+	"time"
+
 	"github.com/gobwas/ws"
 
 	"github.com/chatgg/chatgg/codec"
@@ -21,7 +23,17 @@ type recovery struct {
 	held    []*delivery // live messages that arrived during the lookup
 	heldLen int         // their bytes, bounded by MaxOutboundBytes
 	asked   bool        // the Recoverer was asked
+
+	// After the replay: the replayed ids whose live copy has not come yet.
+	// The window is read on one Redis connection and the live stream comes
+	// on another, so a message can be in the replay and still be on its
+	// way live; it is dropped when it arrives. Forgotten after dedupGrace.
+	doneAt   int64 // unix ns of the replay; 0 while the lookup runs
+	replayed map[string]struct{}
 }
+
+// dedupGrace is how long replayed ids are kept to drop late live copies.
+const dedupGrace = 5 * time.Second
 
 // recovering returns c's recovery of topic, or nil. Loop goroutine only.
 func (c *conn) recovering(topic string) *recovery {
@@ -57,6 +69,27 @@ func (ls *loopState) hold(c *conn, r *recovery, d *delivery) {
 	}
 }
 
+// afterReplay reports whether d is a late live copy of a message c's
+// finished recovery r already replayed, and forgets it if so.
+func (c *conn) afterReplay(r *recovery, d *delivery) (dup bool) {
+	if _, dup = r.replayed[d.m.ID]; dup {
+		delete(r.replayed, d.m.ID)
+		if len(r.replayed) == 0 {
+			c.dropRecovery(r.topic)
+		}
+	}
+	return dup
+}
+
+// expireReplays forgets finished recoveries older than dedupGrace.
+func (c *conn) expireReplays(now int64) {
+	for i := len(c.recov) - 1; i >= 0; i-- {
+		if r := &c.recov[i]; r.doneAt != 0 && now-r.doneAt > int64(dedupGrace) {
+			c.dropRecovery(r.topic)
+		}
+	}
+}
+
 // askRecoverer starts the lookup once the subscription is confirmed.
 func (ls *loopState) askRecoverer(c *conn, r *recovery) {
 	r.asked = true
@@ -70,7 +103,7 @@ func (ls *loopState) askRecoverer(c *conn, r *recovery) {
 func (ls *loopState) recovered(ev *event) {
 	c := ev.c
 	r := c.recovering(ev.id)
-	if c.state != stOpen || r == nil {
+	if c.state != stOpen || r == nil || r.doneAt != 0 {
 		return
 	}
 	if ev.err != nil {
@@ -80,12 +113,9 @@ func (ls *loopState) recovered(ev *event) {
 		ls.out = codec.AppendSubAck(ls.out[:0], refBytes(r.ref), ev.recovered)
 		ls.writeNow(c)
 	}
-	var replayed map[string]struct{}
-	if len(r.held) > 0 {
-		replayed = make(map[string]struct{}, len(ev.msgs))
-		for _, m := range ev.msgs {
-			replayed[m.ID] = struct{}{}
-		}
+	replayed := make(map[string]struct{}, len(ev.msgs))
+	for _, m := range ev.msgs {
+		replayed[m.ID] = struct{}{}
 	}
 	buf := ls.out[:0]
 	var body []byte
@@ -94,11 +124,18 @@ func (ls *loopState) recovered(ev *event) {
 		buf = codec.AppendFrame(buf, ws.OpText, true, body)
 	}
 	for _, d := range r.held {
-		if _, dup := replayed[d.m.ID]; !dup {
-			buf = append(buf, d.json...)
+		if _, dup := replayed[d.m.ID]; dup {
+			delete(replayed, d.m.ID) // its live copy came: nothing more to drop
+			continue
 		}
+		buf = append(buf, d.json...)
 	}
-	c.dropRecovery(ev.id)
+	if len(replayed) == 0 {
+		c.dropRecovery(ev.id)
+	} else {
+		r.held, r.heldLen = nil, 0
+		r.replayed, r.doneAt = replayed, ls.now.UnixNano()
+	}
 	if len(buf) > 0 {
 		_, _ = c.gc.Write(buf)
 		ls.e.stats.msgOut.Add(int64(len(ev.msgs)))
