@@ -103,6 +103,20 @@ func (d *LocalDedup) Claim(ctx context.Context, topic, key, id string) (existing
 	return "", true, nil
 }
 
+// Commit replaces a claim's value pending with final, if the claim still
+// holds pending: a publish claims its key with a pending marker and commits
+// it once the message is accepted, so a retry can tell the two apart.
+func (d *LocalDedup) Commit(ctx context.Context, topic, key, pending, final string) error {
+	k := dedupKey{topic, key}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if e, ok := d.entries[k]; ok && e.id == pending {
+		e.id = final
+		d.entries[k] = e
+	}
+	return nil
+}
+
 // Release forgets the claim of key on topic if it is still held by id, so a
 // retry can publish after the first attempt failed. Releasing a claim held by
 // another id, or an expired one, does nothing. The error is always nil.

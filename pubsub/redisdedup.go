@@ -54,6 +54,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 `)
 
+// commitScript replaces a claim's pending value with the final one,
+// keeping its expiry, if the claim still holds the pending value.
+var commitScript = rueidis.NewLuaScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+end
+return 0
+`)
+
 // releaseScript deletes a claim only if it is still held by the given id.
 var releaseScript = rueidis.NewLuaScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -123,6 +132,15 @@ func (d *RedisDedup) Claim(ctx context.Context, topic, key, id string) (existing
 		return "", false, fmt.Errorf("pubsub: dedup claim: %w", err)
 	}
 	return v, false, nil
+}
+
+// Commit is LocalDedup.Commit on Redis, atomically.
+func (d *RedisDedup) Commit(ctx context.Context, topic, key, pending, final string) error {
+	err := commitScript.Exec(ctx, d.client, []string{d.key(topic, key)}, []string{pending, final}).Error()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return fmt.Errorf("pubsub: dedup commit: %w", err)
+	}
+	return nil
 }
 
 // Release forgets the claim of key on topic if it is still held by id, so a

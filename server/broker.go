@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +16,10 @@ import (
 // ErrBusy is returned when a broker shard's queue is full: the node is
 // overloaded and the publish is refused rather than buffered without bound.
 var ErrBusy = errors.New("server: publish queue full")
+
+// ErrKeyInFlight refuses a publish whose idempotency key belongs to a
+// publish still in flight: it may yet fail, so the retry cannot be acked.
+var ErrKeyInFlight = errors.New("server: a publish with this idempotency key is still in flight; retry shortly")
 
 // ErrNotDelivered marks messages that were queued (and so will be stored)
 // but could not be published for live delivery.
@@ -36,8 +41,14 @@ type producer interface {
 // deduper remembers idempotency keys (pubsub.LocalDedup, pubsub.RedisDedup).
 type deduper interface {
 	Claim(ctx context.Context, topic, key, id string) (existingID string, fresh bool, err error)
+	Commit(ctx context.Context, topic, key, pending, final string) error
 	Release(ctx context.Context, topic, key, id string) error
 }
+
+// pendingMark prefixes the id a key is claimed with until its message is
+// queued: a retry that finds it knows the first attempt is still in flight
+// and must not be acked yet (it may fail).
+const pendingMark = "~"
 
 // brokerConfig configures a broker.
 type brokerConfig struct {
@@ -184,12 +195,16 @@ func (b *broker) send(batch []pubReq) {
 	reqs := make([]pubReq, 0, len(batch))
 	for _, r := range batch {
 		if r.m.Key != "" && b.cfg.Dedup != nil {
-			orig, fresh, err := b.cfg.Dedup.Claim(ctx, r.m.Topic, r.m.Key, r.m.ID)
+			orig, fresh, err := b.cfg.Dedup.Claim(ctx, r.m.Topic, r.m.Key, pendingMark+r.m.ID)
 			if err != nil {
 				b.fail(r, err)
 				continue
 			}
 			if !fresh {
+				if strings.HasPrefix(orig, pendingMark) {
+					b.fail(r, ErrKeyInFlight)
+					continue
+				}
 				r.done(orig, nil) // a retry: acked with the first id, not published again
 				continue
 			}
@@ -208,11 +223,21 @@ func (b *broker) send(batch []pubReq) {
 	if err := b.cfg.Queue.Enqueue(ctx, msgs); err != nil {
 		for _, r := range reqs {
 			if r.m.Key != "" && b.cfg.Dedup != nil {
-				_ = b.cfg.Dedup.Release(context.Background(), r.m.Topic, r.m.Key, r.m.ID)
+				_ = b.cfg.Dedup.Release(context.Background(), r.m.Topic, r.m.Key, pendingMark+r.m.ID)
 			}
 			b.fail(r, err)
 		}
 		return
+	}
+	// Queued: the keys now name accepted messages.
+	if b.cfg.Dedup != nil {
+		for _, r := range reqs {
+			if r.m.Key != "" {
+				if err := b.cfg.Dedup.Commit(ctx, r.m.Topic, r.m.Key, pendingMark+r.m.ID, r.m.ID); err != nil {
+					b.cfg.Logger.Warn("idempotency key left pending", "topic", r.m.Topic, "err", err)
+				}
+			}
+		}
 	}
 	if err := b.cfg.Bus.Publish(ctx, msgs); err != nil {
 		// Queued, so it will be stored, but not delivered live: answered

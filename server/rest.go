@@ -234,6 +234,8 @@ func publishStatus(err error) int {
 	switch {
 	case errors.Is(err, ErrBusy):
 		return fasthttp.StatusTooManyRequests
+	case errors.Is(err, ErrKeyInFlight):
+		return fasthttp.StatusConflict
 	default:
 		return fasthttp.StatusServiceUnavailable
 	}
