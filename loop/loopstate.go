@@ -2,6 +2,7 @@ package loop
 
 import (
 	"context"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"time"
@@ -70,8 +71,7 @@ type loopState struct {
 	tok     []byte // scratch: an unescaped ?token= query value
 	now     time.Time
 
-	shutdownAt                   time.Time // first shutdown event
-	shutdownOpen, shutdownClosed int       // open connections then, closed since
+	shuttingDown bool // shutdown has drawn the connections' close moments
 }
 
 func newLoopState(e *Engine, el gnet.EventLoop, idx int) *loopState {
@@ -453,24 +453,21 @@ func (ls *loopState) sweep() {
 }
 
 // shutdown closes the loop's connections with 1001, spread over
-// CloseWindow: Engine.Shutdown posts it repeatedly, and each call closes
-// the share of connections due by then, so clients reconnect elsewhere over
-// the window rather than all at once. Connections still upgrading are
-// dropped at once.
+// CloseWindow: on the first call each open connection draws a random moment
+// in the window (jitter, so clients reconnect elsewhere over the window
+// rather than all at once); Engine.Shutdown posts shutdown repeatedly and
+// each call closes the connections whose moment has come. Connections still
+// upgrading are dropped at once. While stOpen, c.closing holds the moment.
 func (ls *loopState) shutdown() {
-	if ls.shutdownAt.IsZero() {
-		ls.shutdownAt = ls.now
-		ls.shutdownOpen = 0
+	now := ls.now.UnixNano()
+	if !ls.shuttingDown {
+		ls.shuttingDown = true
+		w := int64(ls.e.cfg.CloseWindow)
 		for _, c := range ls.conns {
-			if c.state == stOpen {
-				ls.shutdownOpen++
+			c.closing = now
+			if w > 0 {
+				c.closing += rand.Int64N(w)
 			}
-		}
-	}
-	due := ls.shutdownOpen
-	if w := ls.e.cfg.CloseWindow; w > 0 {
-		if el := ls.now.Sub(ls.shutdownAt); el < w {
-			due = int((int64(ls.shutdownOpen)*int64(el) + int64(w) - 1) / int64(w))
 		}
 	}
 	// Backwards, as in sweep.
@@ -478,8 +475,8 @@ func (ls *loopState) shutdown() {
 		c := ls.conns[i]
 		switch c.state {
 		case stOpen:
-			if ls.shutdownClosed < due {
-				ls.shutdownClosed++
+			// A connection opened since the first call has closing 0: due.
+			if c.closing <= now {
 				ls.closeConn(c, codec.CloseGoingAway, "server shutting down")
 			}
 		case stHandshake, stProxy:
