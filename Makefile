@@ -91,6 +91,13 @@ load:
 bench-compare:
 	@bench/compare.sh
 
+# Publish-to-stored through chatgg (Redis, pouchdb-server, serve + 2
+# workers) against _bulk_docs straight to the same store, in one run of
+# under 3 minutes; see bench/README.md. Results in artifacts/.
+.PHONY: store-compare
+store-compare:
+	@bench/store-compare.sh
+
 # k6 cannot be installed here, so its scripts are checked as ES modules by
 # node (copied to .mjs: node --check reads .js as CommonJS), and for imports
 # from anything but k6's own modules. The Node ws server is checked too.

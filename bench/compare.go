@@ -19,9 +19,13 @@ func runCompare(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench compare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", "", "directory of the results")
+	store := fs.Bool("store", false, "print the store-compare table (store.json, e2e.json, e2e-latency.json) instead")
 	if err := fs.Parse(args); err != nil || *dir == "" {
-		fmt.Fprintln(stderr, "usage: bench compare --dir DIR")
+		fmt.Fprintln(stderr, "usage: bench compare [--store] --dir DIR")
 		return exitSetup
+	}
+	if *store {
+		return runStoreCompare(*dir, stdout, stderr)
 	}
 	load := func(name string) *result {
 		b, err := os.ReadFile(filepath.Join(*dir, name+".json"))

@@ -11,15 +11,32 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/chatgg/chatgg/codec"
 )
 
 // The e2e mode publishes like fanout and meanwhile polls the history API
 // of every topic until each message is found stored. A message's
 // publish-to-stored latency is taken when the poll that first returns it
 // is answered, so it is rounded up by up to --poll.
+//
+// Several workers store batches in any order (see package mq), so history
+// may show a message before an older one is stored, and a cursor moved
+// past the older one's place would never see it. When a publisher's next
+// message is missing, the poller stops before the message that follows
+// the gap, moves its cursor back to that publisher's last message found,
+// and reads again from there (skipping what it already counted) until the
+// gap fills or storeHoleWait has passed. Then it moves on, for the rest of
+// that poll past any gap (a publish the server refused leaves one for
+// good, and they come in bursts), and what was missing counts as lost (or,
+// found later, out of order).
 
 // maxPage is the history page size asked for (the API's maximum).
 const maxPage = 1000
+
+// storeHoleWait bounds how long the poller waits at a gap in a publisher's
+// sequence: a few batch writes, at most.
+const storeHoleWait = 5 * time.Second
 
 // storePoller follows the history of a run's topics. Its fields are the
 // poller goroutine's until it returns; stored and lastNew are read while it
@@ -29,7 +46,7 @@ type storePoller struct {
 	base   string
 	client *http.Client
 	tracks []subTrack // by topic, publishers by rank as for subscribers
-	cursor []string
+	topics []topicPoll
 	hist   *hdrhistogram.Histogram
 	body   bytes.Buffer
 
@@ -39,6 +56,26 @@ type storePoller struct {
 	polls, errs int
 	firstErr    string
 	malformed   uint64
+	holes       int  // times a poll stopped at a gap
+	passing     bool // a wait expired: this poll of this topic passes gaps
+	// sent is what each publisher sent, set once publishing stopped.
+	sent atomic.Pointer[[]uint64]
+}
+
+// topicPoll is where the poller is in one topic's history.
+type topicPoll struct {
+	cursor string // the after= of the next read
+	// high is the highest id counted: what a read after a rewind returns
+	// up to it was counted before, unless it filled a gap.
+	high    [codec.IDLen]byte
+	hasHigh bool
+	// pubLast is the id of each publisher's last message counted (by
+	// rank), where a read goes back to when its next one is missing.
+	pubLast [][codec.IDLen]byte
+	hasLast []bool
+	// holdSince is now() of the poll that first stopped at the current
+	// gap, or 0.
+	holdSince int64
 }
 
 func newStorePoller(p *plan, httpURL string) *storePoller {
@@ -47,11 +84,14 @@ func newStorePoller(p *plan, httpURL string) *storePoller {
 		base:   httpURL,
 		client: &http.Client{Timeout: 10 * time.Second},
 		tracks: make([]subTrack, len(p.topics)),
-		cursor: make([]string, len(p.topics)),
+		topics: make([]topicPoll, len(p.topics)),
 		hist:   hdrhistogram.New(histMinMicros, histMaxMicros, histDigits),
 	}
 	for t := range sp.tracks {
-		sp.tracks[t].pubs = make([]pubTrack, p.pubsOnTopic(t))
+		n := p.pubsOnTopic(t)
+		sp.tracks[t].pubs = make([]pubTrack, n)
+		sp.topics[t].pubLast = make([][codec.IDLen]byte, n)
+		sp.topics[t].hasLast = make([]bool, n)
 	}
 	return sp
 }
@@ -79,10 +119,14 @@ func (sp *storePoller) run(stop <-chan struct{}, interval time.Duration) {
 
 // pollTopic reads the pages of topic i after its cursor.
 func (sp *storePoller) pollTopic(i int) error {
+	sp.passing = false
+	if sent := sp.sent.Load(); sent != nil {
+		sp.rewindIncomplete(i, *sent)
+	}
 	for page := 0; page < 100; page++ {
 		u := fmt.Sprintf("%s/v1/topics/%s/messages?limit=%d", sp.base, url.PathEscape(sp.p.topics[i]), maxPage)
-		if sp.cursor[i] != "" {
-			u += "&after=" + sp.cursor[i]
+		if c := sp.topics[i].cursor; c != "" {
+			u += "&after=" + c
 		}
 		sp.polls++
 		resp, err := sp.client.Get(u)
@@ -107,16 +151,13 @@ func (sp *storePoller) pollTopic(i int) error {
 }
 
 // parsePage accounts for the messages of one history page of topic t,
-// answered at time at, and reports whether a next page exists.
+// answered at time at, and reports whether the poll should read the next
+// page.
 func (sp *storePoller) parsePage(t int, b []byte, at int64) (more bool) {
 	const idKey, dataKey, nextKey = `"id":"`, `"data":`, `"next":`
-	tr := &sp.tracks[t]
-	var last []byte
-	defer func() {
-		if last != nil {
-			sp.cursor[t] = string(last)
-		}
-	}()
+	tr, tp := &sp.tracks[t], &sp.topics[t]
+	page := b
+	var last []byte // the last id read, where the cursor moves
 	for {
 		i := bytes.Index(b, []byte(idKey))
 		if i < 0 {
@@ -133,30 +174,96 @@ func (sp *storePoller) parsePage(t int, b []byte, at int64) (more bool) {
 			break
 		}
 		b = b[j+len(dataKey):]
-		last = id
+		// Read again after a rewind: counted before, unless it fills a gap.
+		reread := tp.hasHigh && bytes.Compare(id, tp.high[:]) <= 0
 		body, ok := findPayload(b)
-		if !ok {
-			sp.malformed++
+		var s stamp
+		var err error
+		if ok {
+			s, err = parsePayload(body)
+		}
+		switch {
+		case !ok || err != nil:
+			if !reread {
+				sp.malformed++
+			}
+			last = id
+			continue
+		case int(s.pub) >= sp.p.pubs || sp.p.topicOf(int(s.pub)) != t:
+			if !reread {
+				tr.foreign++
+			}
+			last = id
 			continue
 		}
-		s, err := parsePayload(body)
-		if err != nil {
-			sp.malformed++
+		rank := int(s.pub) / len(sp.p.topics)
+		pt := &tr.pubs[rank]
+		if reread && pt.has(s.seq) {
+			last = id
 			continue
 		}
-		if int(s.pub) >= sp.p.pubs || sp.p.topicOf(int(s.pub)) != t {
-			tr.foreign++
-			continue
+		if s.seq > pt.max+1 && !sp.passing {
+			// This publisher's next message is missing: wait for it, up
+			// to storeHoleWait. Its place is after the publisher's last
+			// message found, which the cursor may have passed.
+			if tp.holdSince == 0 {
+				tp.holdSince = max(at, 1) // 0 means none
+			}
+			if at-tp.holdSince < int64(storeHoleWait) {
+				sp.holes++
+				tp.rewind(rank)
+				return false
+			}
+			sp.passing = true
 		}
-		if tr.pubs[int(s.pub)/len(sp.p.topics)].observe(s.seq) != again {
+		tp.holdSince = 0
+		last = id
+		if len(id) == codec.IDLen {
+			copy(tp.pubLast[rank][:], id)
+			tp.hasLast[rank] = true
+			if !reread {
+				copy(tp.high[:], id)
+				tp.hasHigh = true
+			}
+		}
+		if pt.observe(s.seq) != again {
 			sp.stored.Add(1)
 			sp.lastNew.Store(at)
 			us := min(max((at-s.sent)/1000, 0), histMaxMicros)
 			_ = sp.hist.RecordValue(us)
 		}
 	}
-	n := bytes.LastIndex(sp.body.Bytes(), []byte(nextKey))
-	return n >= 0 && !bytes.HasPrefix(bytes.TrimSpace(sp.body.Bytes()[n+len(nextKey):]), []byte("null"))
+	if last != nil {
+		tp.cursor = string(last)
+	}
+	n := bytes.LastIndex(page, []byte(nextKey))
+	return n >= 0 && !bytes.HasPrefix(bytes.TrimSpace(page[n+len(nextKey):]), []byte("null"))
+}
+
+// rewind moves the cursor back to the last message found of the publisher
+// of rank, or to the start when none was.
+func (tp *topicPoll) rewind(rank int) {
+	switch {
+	case !tp.hasLast[rank]:
+		tp.cursor = ""
+	case tp.cursor == "" || string(tp.pubLast[rank][:]) < tp.cursor:
+		tp.cursor = string(tp.pubLast[rank][:])
+	}
+}
+
+// rewindIncomplete is for the end of a run, once sent (by publisher) is
+// known: a publisher's last messages may have been stored after the cursor
+// passed their place, and no later message of theirs will show the gap.
+// The cursor moves back to the last message found of any publisher of
+// topic t still short of what it sent.
+func (sp *storePoller) rewindIncomplete(t int, sent []uint64) {
+	tp := &sp.topics[t]
+	for p := t; p < sp.p.pubs && p < len(sent); p += len(sp.p.topics) {
+		rank := p / len(sp.p.topics)
+		if sp.tracks[t].pubs[rank].distinct() < sent[p] {
+			tp.rewind(rank)
+		}
+	}
 }
 
 // runE2E publishes for --duration and waits for every message to be stored.
@@ -168,9 +275,22 @@ func runE2E(ctx context.Context, o *options, r *runner, res *result, _ io.Writer
 		defer close(polled)
 		sp.run(stopPoll, o.poll)
 	}()
+	var ww *workerWatch
+	watched := make(chan struct{})
+	if urls := splitURLs(o.workerMetrics); len(urls) > 0 {
+		ww = newWorkerWatch(urls, r.p.httpBase(o.httpURL))
+		ww.sample(now()) // the counters before publishing
+		go func() {
+			defer close(watched)
+			ww.run(stopPoll, min(o.poll, workerWatchEvery))
+		}()
+	} else {
+		close(watched)
+	}
 	a := sampleCPU(o.pid)
 	start, stop, drained := publishFor(ctx, o, r, o.rate, o.duration, "e2e")
 	sent := r.sentPerPub()
+	sp.sent.Store(&sent)
 	var total uint64
 	for _, n := range sent {
 		total += n
@@ -184,6 +304,7 @@ func runE2E(ctx context.Context, o *options, r *runner, res *result, _ io.Writer
 	b.done()
 	close(stopPoll)
 	<-polled
+	<-watched
 	c := sampleCPU(o.pid)
 
 	pr := r.progress()
@@ -198,7 +319,7 @@ func runE2E(ctx context.Context, o *options, r *runner, res *result, _ io.Writer
 		res.DeliveriesPerSec = float64(pr.delivered) / res.WindowS
 	}
 	sr := &storedResult{
-		Stored: sp.stored.Load(), Latency: latencyOf(sp.hist), Polls: sp.polls, PollErrors: sp.errs,
+		Stored: sp.stored.Load(), Latency: latencyOf(sp.hist), Polls: sp.polls, PollErrors: sp.errs, HoleWaits: sp.holes,
 		PollMs: float64(o.poll) / float64(time.Millisecond),
 	}
 	for t := range sp.tracks {
@@ -214,6 +335,9 @@ func runE2E(ctx context.Context, o *options, r *runner, res *result, _ io.Writer
 	sr.Complete = sr.Stored >= total && sr.Lost == 0
 	if last := sp.lastNew.Load(); last > start {
 		sr.PerSec = float64(sr.Stored) / (float64(last-start) / 1e9)
+	}
+	if ww != nil {
+		sr.Workers = ww.stats(start)
 	}
 	res.Stored = sr
 	if sp.firstErr != "" {

@@ -264,13 +264,21 @@ func TestEndToEndAgainstChatgg(t *testing.T) {
 
 	t.Run("e2e", func(t *testing.T) {
 		code, m, r := runTool(t, "e2e", "--url", s.ws, "--http-url", s.http, "--proto", "ws", "--duration", "1s",
-			"--publishers", "2", "--topics", "2", "--rate", "200", "--poll", "20ms", "--store-timeout", "10s")
+			"--publishers", "2", "--topics", "2", "--rate", "200", "--poll", "20ms", "--store-timeout", "10s",
+			"--worker-metrics", s.http+"/metrics")
 		if code != exitOK {
 			t.Fatalf("exit %d", code)
 		}
-		hasPath(t, m, "stored.stored", "stored.lost", "stored.stored_per_sec", "stored.latency_ms.p99", "stored.complete")
+		hasPath(t, m, "stored.stored", "stored.lost", "stored.stored_per_sec", "stored.latency_ms.p99", "stored.complete",
+			"stored.workers.stored_per_sec", "stored.workers.queue_max_depth", "stored.workers.workers")
 		if !r.Stored.Complete || r.Stored.Stored != r.Messages.Sent || r.Stored.Lost+r.Stored.Duplicated+r.Stored.OutOfOrder != 0 {
 			t.Fatalf("stored %+v of %d sent", r.Stored, r.Messages.Sent)
+		}
+		// The all role runs the worker: its counters saw these messages
+		// (and maybe the last few of the subtest before).
+		ws := r.Stored.Workers
+		if ws.Stored < float64(r.Messages.Sent) || ws.PerSec <= 0 || len(ws.Workers) != 1 || ws.Workers[0].Batches < 1 || ws.Errors != 0 {
+			t.Fatalf("workers %+v of %d sent", ws, r.Messages.Sent)
 		}
 	})
 

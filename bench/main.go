@@ -53,7 +53,8 @@ modes:
   rest     REST publishes at a rate, WebSocket subscribers receiving them
   e2e      publish, then poll history until every message is stored
   ramp     raise the fan-out rate step by step until p99 passes --max-p99 or a message is lost
-  compare  print the bench-compare table from a directory of --json results (--dir)
+  store    the store alone: _bulk_docs batches of chatgg-shaped documents (--couch-url, --batch, --inflight, --messages)
+  compare  print the bench-compare table (or with --store the store-compare table) from a directory of --json results (--dir)
 
 flags:
 `
@@ -98,8 +99,9 @@ type options struct {
 	retries      int
 	maxP99       time.Duration
 
-	poll         time.Duration
-	storeTimeout time.Duration
+	poll          time.Duration
+	storeTimeout  time.Duration
+	workerMetrics string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -108,8 +110,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		newFlags(&options{}, stderr).PrintDefaults()
 		return exitSetup
 	}
-	if args[0] == "compare" {
+	switch args[0] {
+	case "compare":
 		return runCompare(args[1:], stdout, stderr)
+	case "store":
+		return runStore(ctx, args[1:], stdout, stderr)
 	}
 	var o options
 	found := false
@@ -230,6 +235,7 @@ func newFlags(o *options, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.maxP99, "max-p99", 50*time.Millisecond, "ramp: a step passes while its p99 latency is at most this")
 	fs.DurationVar(&o.poll, "poll", 50*time.Millisecond, "e2e: history poll interval")
 	fs.DurationVar(&o.storeTimeout, "store-timeout", 30*time.Second, "e2e: longest wait for every message to be stored")
+	fs.StringVar(&o.workerMetrics, "worker-metrics", "", "e2e: comma-separated /metrics URLs of chatgg's workers: also report their store rate, batches and busy time, and the queue depth (GET /v1/queue)")
 	return fs
 }
 

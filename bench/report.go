@@ -41,6 +41,7 @@ type result struct {
 	Idle   *idleResult   `json:"idle,omitempty"`
 	Ramp   *rampResult   `json:"ramp,omitempty"`
 	Stored *storedResult `json:"stored,omitempty"`
+	Store  *storeResult  `json:"store,omitempty"`
 
 	SubscribersAffected int               `json:"subscribers_affected"`
 	PerSubscriber       []subIssues       `json:"per_subscriber"`
@@ -152,8 +153,13 @@ type storedResult struct {
 	Latency    *latency `json:"latency_ms"`
 	Polls      int      `json:"polls"`
 	PollErrors int      `json:"poll_errors"`
-	Complete   bool     `json:"complete"`
-	PollMs     float64  `json:"poll_interval_ms"`
+	// HoleWaits counts polls that stopped before a message whose older
+	// messages (same publisher) were not in history yet (see e2e.go).
+	HoleWaits int     `json:"hole_waits"`
+	Complete  bool    `json:"complete"`
+	PollMs    float64 `json:"poll_interval_ms"`
+	// Workers is chatgg's side, with --worker-metrics.
+	Workers *workerStats `json:"workers,omitempty"`
 }
 
 // printJSON writes r as indented JSON.
@@ -207,6 +213,20 @@ func printTable(w io.Writer, r *result) {
 		row("stored/s", "%s", num(s.PerSec))
 		if s.Latency != nil && s.Latency.Count > 0 {
 			row("publish→stored ms", "p50 %.1f  p90 %.1f  p99 %.1f  max %.1f  (poll every %.0f ms)", s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.Max, s.PollMs)
+		}
+		if s.HoleWaits > 0 {
+			row("history holes", "%d polls waited for older messages stored after newer ones", s.HoleWaits)
+		}
+		if ws := s.Workers; ws != nil {
+			row("workers stored/s", "%s (%.0f in %.2fs by their counters, before history shows them)", num(ws.PerSec), ws.Stored, ws.WindowS)
+			for i, w := range ws.Workers {
+				row(fmt.Sprintf("worker %d", i+1), "%.0f msgs in %.0f batches (%.0f/batch, %.0f failed), %.1f ms/batch, busy %.0f%%",
+					w.Messages, w.Batches, w.PerBatch, w.Errors, w.MeanBatchMs, w.BusyPercent)
+			}
+			row("queue", "max depth %d, max held by workers %d", ws.QueueMaxDepth, ws.QueueMaxProcessing)
+			if ws.Errors+ws.QueueErrors > 0 {
+				row("worker watch errors", "%d metrics, %d queue: %s", ws.Errors, ws.QueueErrors, ws.FirstErr)
+			}
 		}
 	}
 	if id := r.Idle; id != nil {

@@ -58,6 +58,18 @@ func (t *pubTrack) observe(seq uint64) verdict {
 	}
 }
 
+// has reports whether seq was received, as far as the window can tell:
+// further back than the window, it counts as received.
+func (t *pubTrack) has(seq uint64) bool {
+	switch {
+	case seq == 0 || seq > t.max:
+		return false
+	case t.max-seq < windowBits:
+		return t.window&(1<<(t.max-seq)) != 0
+	}
+	return true
+}
+
 // distinct is the number of different messages received, as far as the
 // window could tell.
 func (t *pubTrack) distinct() uint64 { return t.recv - t.dup }

@@ -80,3 +80,16 @@ func TestSubTrackSettlesEveryPublisher(t *testing.T) {
 		t.Fatalf("distinct = %d, want 5", s.distinct())
 	}
 }
+
+func TestHasTellsWhatWasReceived(t *testing.T) {
+	var tr pubTrack
+	for _, s := range []uint64{1, 2, 4, 100} {
+		tr.observe(s)
+	}
+	for seq, want := range map[uint64]bool{0: false, 1: true, 3: true, 40: false, 99: false, 100: true, 101: false} {
+		// 1 and 3 are behind the window: counted as received.
+		if got := tr.has(seq); got != want {
+			t.Errorf("has(%d) = %v, want %v", seq, got, want)
+		}
+	}
+}
