@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/chatgg/chatgg/codec"
 )
 
 // publishN publishes n JSON messages (numbered from start) to topic over
@@ -232,5 +234,24 @@ func TestPredecessor(t *testing.T) {
 	}
 	if _, ok := predecessor("000"); ok {
 		t.Error("000 has no predecessor")
+	}
+}
+
+func TestMergeRecent(t *testing.T) {
+	m := func(id string) *codec.Message { return &codec.Message{ID: id} }
+	ids := func(ms []*codec.Message) string {
+		var s []string
+		for _, x := range ms {
+			s = append(s, x.ID)
+		}
+		return strings.Join(s, ",")
+	}
+	stored := []*codec.Message{m("02"), m("05")}
+	hot := []*codec.Message{m("05"), m("03"), m("07"), m("01")}
+	if got := ids(mergeRecent(stored, hot, "01", 10)); got != "02,03,05,07" {
+		t.Fatalf("merged %s", got)
+	}
+	if got := ids(mergeRecent([]*codec.Message{m("02"), m("05")}, hot, "01", 3)); got != "02,03,05" {
+		t.Fatalf("capped %s", got)
 	}
 }

@@ -407,6 +407,17 @@ func (s *Server) history(ctx *fasthttp.RequestCtx, topic string) {
 		writeError(ctx, fasthttp.StatusServiceUnavailable, "history unavailable")
 		return
 	}
+	// Workers store batches out of order, so a message may be stored after
+	// a newer one a client already paged past. The hot window holds the
+	// recent messages whether stored or not: merged in, every message is
+	// visible before a cursor can pass it.
+	if rr, ok := s.bus.(recentReader); ok {
+		hot, _, err := rr.Recent(rctx, topic, "")
+		if err != nil {
+			s.log.Warn("history without the hot window", "topic", topic, "err", err)
+		}
+		msgs = mergeRecent(msgs, hot, after, limit+1)
+	}
 	next := ""
 	if len(msgs) > limit {
 		msgs = msgs[:limit]
@@ -427,6 +438,30 @@ func (s *Server) history(ctx *fasthttp.RequestCtx, topic string) {
 	}
 	b = append(b, '}')
 	writeJSON(ctx, fasthttp.StatusOK, b)
+}
+
+// mergeRecent adds the messages of hot with ids after after to stored
+// (both id-ordered or publish-ordered), each id once, in id order, at most
+// max. Ids are fixed-width hex, so string order is id order.
+func mergeRecent(stored, hot []*codec.Message, after string, max int) []*codec.Message {
+	if len(hot) == 0 {
+		return stored
+	}
+	seen := make(map[string]struct{}, len(stored))
+	for _, m := range stored {
+		seen[m.ID] = struct{}{}
+	}
+	out := stored
+	for _, m := range hot {
+		if _, dup := seen[m.ID]; !dup && m.ID > after {
+			out = append(out, m)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	if len(out) > max {
+		out = out[:max]
+	}
+	return out
 }
 
 // listTopics handles GET /v1/topics.
