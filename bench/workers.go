@@ -234,15 +234,24 @@ func (ww *workerWatch) fetch(u string) error {
 	return nil
 }
 
-// run samples every interval until stop is closed, then once more. The
-// caller takes the first sample, before publishing starts.
+// run samples every interval until stop is closed, then until the counters
+// stop moving (a worker counts a batch just after the store has it, so the
+// last batch may show in history a moment before it shows here), at most a
+// second. The caller takes the first sample, before publishing starts.
 func (ww *workerWatch) run(stop <-chan struct{}, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
-			ww.sample(now())
+			for i := 0; i < 10; i++ {
+				before := ww.stored.Load()
+				ww.sample(now())
+				if i > 0 && ww.stored.Load() == before {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
 			return
 		case <-t.C:
 			ww.sample(now())

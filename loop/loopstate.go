@@ -251,6 +251,12 @@ func (ls *loopState) checkBackpressure(c *conn) {
 		limit += codec.FrameSize(ls.e.cfg.EchoMaxMessageBytes)
 	}
 	if c.state == stOpen && c.gc.OutboundBuffered() > limit {
+		// Publish what this pass wrote first, so that a reader of the stats
+		// never sees the slow consumer without the frames before it.
+		if ls.sent > 0 {
+			ls.e.stats.msgOut.Add(ls.sent)
+			ls.sent = 0
+		}
 		ls.e.stats.slow.Add(1)
 		ls.closeConn(c, codec.CloseSlowConsumer, "slow consumer")
 	}
