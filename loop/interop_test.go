@@ -3,7 +3,6 @@ package loop
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 
 	coder "github.com/coder/websocket"
 	"github.com/gorilla/websocket"
+
+	"github.com/chatgg/chatgg/internal/testsvc"
 )
 
 // Interop: real clients against /echo. Sizes cross the 7-, 16- and 64-bit
@@ -154,20 +155,12 @@ func TestInteropNodeWS(t *testing.T) {
 	}
 }
 
-// repoRoot finds the module root above the package directory.
+// repoRoot is the module root, for paths to tools/ and cmd/.
 func repoRoot(t *testing.T) string {
-	dir, err := os.Getwd()
+	t.Helper()
+	root, err := testsvc.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal(errors.New("go.mod not found above the package"))
-		}
-		dir = parent
-	}
+	return root
 }

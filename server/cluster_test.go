@@ -3,7 +3,6 @@ package server
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,29 +33,15 @@ type tagged struct {
 	N int    `json:"n"`
 }
 
-// publishTagged publishes n messages {"p":pub,"n":i} to topic through s's
-// REST batch endpoint and returns their ids.
+// publishTagged publishes n messages {"p":pub,"n":i} (i from from on) to
+// topic through s and returns their ids.
 func publishTagged(t *testing.T, s *Server, topic, pub string, from, n int) []string {
 	t.Helper()
-	var ids []string
-	for done := 0; done < n; {
-		k := min(250, n-done)
-		items := make([]string, k)
-		for i := range items {
-			items[i] = fmt.Sprintf(`{"topic":%q,"data":{"p":%q,"n":%d}}`, topic, pub, from+done+i)
-		}
-		st, body, _ := httpDo(t, "POST", "http://"+s.HTTPAddr()+"/v1/messages", "application/json", "["+strings.Join(items, ",")+"]")
-		if st != 202 {
-			t.Fatalf("publish on node: %d %s", st, body)
-		}
-		var res struct{ Results []struct{ ID string } }
-		_ = json.Unmarshal(body, &res)
-		for _, r := range res.Results {
-			ids = append(ids, r.ID)
-		}
-		done += k
+	items := make([]string, n)
+	for i := range items {
+		items[i] = fmt.Sprintf(`{"topic":%q,"data":{"p":%q,"n":%d}}`, topic, pub, from+i)
 	}
-	return ids
+	return postBatches(t, s, items)
 }
 
 // TestRecoverOnAnotherNode: a client away while 1000 messages are

@@ -14,18 +14,14 @@ import (
 	"github.com/chatgg/chatgg/codec"
 )
 
-// publishN publishes n JSON messages (numbered from start) to topic over
-// REST batches and returns their ids in order.
-func publishN(t *testing.T, s *Server, topic string, start, n int) []string {
+// postBatches publishes items (JSON batch entries) through s's REST batch
+// endpoint, up to 250 a request, and returns their ids in order.
+func postBatches(t *testing.T, s *Server, items []string) []string {
 	t.Helper()
 	var ids []string
-	for done := 0; done < n; {
-		k := min(500, n-done)
-		items := make([]string, k)
-		for i := range items {
-			items[i] = fmt.Sprintf(`{"topic":%q,"data":%d}`, topic, start+done+i)
-		}
-		st, body, _ := httpDo(t, "POST", "http://"+s.HTTPAddr()+"/v1/messages", "application/json", "["+strings.Join(items, ",")+"]")
+	for len(items) > 0 {
+		k := min(250, len(items))
+		st, body, _ := httpDo(t, "POST", "http://"+s.HTTPAddr()+"/v1/messages", "application/json", "["+strings.Join(items[:k], ",")+"]")
 		if st != 202 {
 			t.Fatalf("batch publish: %d %s", st, body)
 		}
@@ -34,9 +30,20 @@ func publishN(t *testing.T, s *Server, topic string, start, n int) []string {
 		for _, r := range res.Results {
 			ids = append(ids, r.ID)
 		}
-		done += k
+		items = items[k:]
 	}
 	return ids
+}
+
+// publishN publishes n JSON numbers (from start on) to topic and returns
+// their ids in order.
+func publishN(t *testing.T, s *Server, topic string, start, n int) []string {
+	t.Helper()
+	items := make([]string, n)
+	for i := range items {
+		items[i] = fmt.Sprintf(`{"topic":%q,"data":%d}`, topic, start+i)
+	}
+	return postBatches(t, s, items)
 }
 
 // readData reads msg frames until want data values arrived and returns them.

@@ -139,25 +139,6 @@ loop:
 	}
 }
 
-// repoRoot walks up from the package directory to go.mod.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
 // needBrowserTools fails, naming the fix, when Chromium, Node or
 // playwright-core is missing, and returns Node's path. Not a skip: the
 // browser test is part of make test, which installs them.
@@ -397,4 +378,14 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// repoRoot is the module root, for paths to tools/ and cmd/.
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := testsvc.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
 }

@@ -364,7 +364,7 @@ func redisPing(addr string) error {
 }
 
 func startCouch(t testing.TB) (*Proc, error) {
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -469,9 +469,9 @@ func lookBinary(name, fallback string) (string, error) {
 	return "", fmt.Errorf("%s not found in PATH; run `make services` (scripts/services.sh install)", name)
 }
 
-// repoRoot walks up from the working directory, which go test sets to the
+// RepoRoot walks up from the working directory, which go test sets to the
 // package's directory, to the directory holding go.mod.
-func repoRoot() (string, error) {
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
