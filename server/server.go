@@ -123,20 +123,18 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 	serving := cfg.Role != RoleWorker
 	hot := pubsub.HotWindow{Len: cfg.HotWindowLen, Age: cfg.HotWindowAge}
 	if cfg.RedisURL != "" {
-		{
-			// Workers use the bus too, for storage notices.
-			rb, err := pubsub.NewRedis(pubsub.RedisConfig{URL: cfg.RedisURL, ChannelPrefix: cfg.ChannelPrefix, Deliverer: s.fwd, Logger: logger, HotWindow: hot})
+		// Workers use the bus too, for storage notices.
+		rb, err := pubsub.NewRedis(pubsub.RedisConfig{URL: cfg.RedisURL, ChannelPrefix: cfg.ChannelPrefix, Deliverer: s.fwd, Logger: logger, HotWindow: hot})
+		if err != nil {
+			return nil, fmt.Errorf("server: redis pub/sub: %w", err)
+		}
+		s.bus = rb
+		if serving {
+			d, err := pubsub.NewRedisDedup(pubsub.RedisDedupConfig{Client: rb.Client(), Prefix: cfg.ChannelPrefix, Window: cfg.DedupWindow})
 			if err != nil {
-				return nil, fmt.Errorf("server: redis pub/sub: %w", err)
+				return nil, fmt.Errorf("server: redis dedup: %w", err)
 			}
-			s.bus = rb
-			if serving {
-				d, err := pubsub.NewRedisDedup(pubsub.RedisDedupConfig{Client: rb.Client(), Prefix: cfg.ChannelPrefix, Window: cfg.DedupWindow})
-				if err != nil {
-					return nil, fmt.Errorf("server: redis dedup: %w", err)
-				}
-				s.dedup = d
-			}
+			s.dedup = d
 		}
 		q, err := mq.NewRedis(mq.RedisConfig{URL: cfg.RedisURL, Queue: cfg.QueueName, HeartbeatTTL: cfg.WorkerHeartbeat, RecoverInterval: cfg.RecoverInterval, Logger: logger})
 		if err != nil {
