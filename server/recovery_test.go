@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -260,5 +261,23 @@ func TestMergeRecent(t *testing.T) {
 	}
 	if got := ids(mergeRecent([]*codec.Message{m("02"), m("05")}, hot, "01", 3)); got != "02,03,05" {
 		t.Fatalf("capped %s", got)
+	}
+}
+
+// TestStoredWatchExpires: a watch whose notice never comes is answered with
+// an error after the ttl, not left waiting.
+func TestStoredWatchExpires(t *testing.T) {
+	s := testServer(t, nil)
+	w := newStoredWatcher(s.store, 100*time.Millisecond)
+	defer w.Close()
+	got := make(chan error, 1)
+	w.WatchStored("never", "0000000000010000000001", func(err error) { got <- err })
+	select {
+	case err := <-got:
+		if !errors.Is(err, errWatchExpired) {
+			t.Fatalf("got %v, want errWatchExpired", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch never expired")
 	}
 }

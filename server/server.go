@@ -162,7 +162,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 	}
 
 	if serving {
-		s.watcher = newStoredWatcher(s.store)
+		s.watcher = newStoredWatcher(s.store, storedWatchTTL)
 		s.fwd.watcher = s.watcher
 		if cfg.RedisURL != "" {
 			s.bus.Subscribe(storedTopic(cfg.Node)) // notices from workers anywhere
@@ -380,6 +380,9 @@ func (s *Server) stopEngine(ctx context.Context) {
 }
 
 func (s *Server) closeBackends() {
+	if s.watcher != nil {
+		_ = s.watcher.Close()
+	}
 	for _, c := range []interface{ Close() error }{s.bus, s.dedup, s.queue, s.store} {
 		if c == nil {
 			continue

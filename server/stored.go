@@ -34,6 +34,9 @@ func storedTopic(node uint16) string { return storedTopicPrefix + strconv.Itoa(i
 // storedWatcher implements loop.StoreWatcher.
 type storedWatcher struct {
 	store storeBackend
+	ttl   time.Duration // storedWatchTTL; shorter in tests
+	stop  chan struct{}
+	once  sync.Once
 
 	mu      sync.Mutex
 	watches map[string][]storedWatch
@@ -44,8 +47,34 @@ type storedWatch struct {
 	since time.Time
 }
 
-func newStoredWatcher(store storeBackend) *storedWatcher {
-	return &storedWatcher{store: store, watches: make(map[string][]storedWatch)}
+// newStoredWatcher returns a watcher whose janitor fails watches older than
+// ttl (a notice can be lost; the client is then told, not left waiting).
+// Close stops the janitor.
+func newStoredWatcher(store storeBackend, ttl time.Duration) *storedWatcher {
+	w := &storedWatcher{store: store, ttl: ttl, stop: make(chan struct{}), watches: make(map[string][]storedWatch)}
+	go w.janitor()
+	return w
+}
+
+func (w *storedWatcher) janitor() {
+	t := time.NewTicker(w.ttl / 10)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.stop:
+			return
+		case now := <-t.C:
+			w.mu.Lock()
+			w.expireLocked(now)
+			w.mu.Unlock()
+		}
+	}
+}
+
+// Close stops the janitor.
+func (w *storedWatcher) Close() error {
+	w.once.Do(func() { close(w.stop) })
+	return nil
 }
 
 // WatchStored registers done for id, then checks whether the message is
@@ -73,10 +102,10 @@ func (w *storedWatcher) WatchStored(topic, id string, done func(error)) {
 	}()
 }
 
-// expireLocked fails the watches older than storedWatchTTL.
+// expireLocked fails the watches older than the watcher's ttl.
 func (w *storedWatcher) expireLocked(now time.Time) {
 	for id, ws := range w.watches {
-		if now.Sub(ws[0].since) > storedWatchTTL {
+		if now.Sub(ws[0].since) > w.ttl {
 			delete(w.watches, id)
 			for _, x := range ws {
 				go x.done(errWatchExpired)
