@@ -85,10 +85,10 @@ func runCompare(args []string, stdout, stderr io.Writer) int {
 	rate := func(r *result) float64 { return r.DeliveriesPerSec }
 	rtt := func(r *result) float64 { return r.RoundTripsPerSec }
 	bpc := func(r *result) float64 {
-		if r.Idle == nil || r.Idle.BytesPerConn == 0 {
+		if r.Idle == nil || r.Idle.BytesPerConn == nil {
 			return math.NaN()
 		}
-		return r.Idle.BytesPerConn
+		return *r.Idle.BytesPerConn
 	}
 	best := func(r *result) float64 {
 		if r.Ramp == nil || r.Ramp.Best == nil {

@@ -182,7 +182,8 @@ func runIdle(ctx context.Context, o *options, r *runner, res *result, rssBefore 
 		}
 		id.RSSBefore, id.RSSAfter = rssBefore, after
 		if id.Conns > 0 {
-			id.BytesPerConn = float64(after-rssBefore) / float64(id.Conns)
+			bpc := float64(after-rssBefore) / float64(id.Conns)
+			id.BytesPerConn = &bpc
 		}
 	}
 	// Still open at the end? Idle connections the server dropped count.

@@ -118,7 +118,9 @@ type idleResult struct {
 	HoldS         float64 `json:"hold_s"`
 	RSSBefore     int64   `json:"rss_before_bytes,omitempty"`
 	RSSAfter      int64   `json:"rss_after_bytes,omitempty"`
-	BytesPerConn  float64 `json:"bytes_per_conn,omitempty"`
+	// BytesPerConn is set whenever the server's RSS was read (--pid), zero
+	// or negative included: the server may reuse memory it already held.
+	BytesPerConn  *float64 `json:"bytes_per_conn,omitempty"`
 	ClientRSS     int64   `json:"client_rss_bytes"`
 	ConnectPerSec float64 `json:"connects_per_sec"`
 }
@@ -231,8 +233,8 @@ func printTable(w io.Writer, r *result) {
 	}
 	if id := r.Idle; id != nil {
 		row("idle conns", "%d held %.1fs, %s connects/s", id.Conns, id.HoldS, num(id.ConnectPerSec))
-		if id.RSSAfter > 0 {
-			row("server RSS", "%s → %s: %.0f bytes/conn", mib(id.RSSBefore), mib(id.RSSAfter), id.BytesPerConn)
+		if id.BytesPerConn != nil {
+			row("server RSS", "%s → %s: %.0f bytes/conn", mib(id.RSSBefore), mib(id.RSSAfter), *id.BytesPerConn)
 		}
 		row("client RSS", "%s", mib(id.ClientRSS))
 	}
