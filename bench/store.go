@@ -26,7 +26,8 @@ import (
 // The store mode measures a CouchDB-compatible store alone, as the
 // reference for e2e (issue 5: chatgg may add at most 10% over its own
 // store). It writes documents shaped like chatgg's stored messages
-// (storage/couch.go, couchDoc: _id and id a chatgg message id, topic, ts,
+// (storage/couch.go, couchDoc: _id "m!" + topic + "!" + id, id a chatgg
+// message id, topic, ts,
 // kind "json", data the run's payload as a JSON string, as /ws publishes
 // it) with _bulk_docs straight over HTTP: --batch documents per request,
 // --inflight requests at once, one goroutine each, as chatgg's workers do,
@@ -427,7 +428,7 @@ func countBulk(b []byte, n int, scratch *[]bulkResult) (ok, conflicts, rejected 
 // document number first of the run, accepted at Unix millisecond ms. Each
 // is what storage.Couch writes for a /ws publish of the run's payload:
 //
-//	{"_id":ID,"topic":T,"id":ID,"ts":MS,"kind":"json","data":"cg…"}
+//	{"_id":"m!T!ID","topic":"T","id":ID,"ts":MS,"kind":"json","data":"cg…"}
 func (w *storeWriter) appendBatch(dst []byte, n int, first, ms int64) []byte {
 	dst = append(dst, `{"docs":[`...)
 	for i := range n {
@@ -437,10 +438,14 @@ func (w *storeWriter) appendBatch(dst []byte, n int, first, ms int64) []byte {
 		var id [codec.IDLen]byte
 		w.nextID(id[:0], ms)
 		w.pay++
-		dst = append(dst, `{"_id":"`...)
+		topic := w.topics[(first+int64(i))%int64(len(w.topics))]
+		// topic is a JSON string of topic bytes only: no escapes inside.
+		dst = append(dst, `{"_id":"m!`...)
+		dst = append(dst, topic[1:len(topic)-1]...)
+		dst = append(dst, '!')
 		dst = append(dst, id[:]...)
 		dst = append(dst, `","topic":`...)
-		dst = append(dst, w.topics[(first+int64(i))%int64(len(w.topics))]...)
+		dst = append(dst, topic...)
 		dst = append(dst, `,"id":"`...)
 		dst = append(dst, id[:]...)
 		dst = append(dst, `","ts":`...)

@@ -54,8 +54,8 @@ func TestAppendBatchWritesChatggDocuments(t *testing.T) {
 	}
 	prev := ""
 	for i, d := range req.Docs {
-		if !codec.ValidID(d.ID) || d.DocID != d.ID || d.ID <= prev {
-			t.Fatalf("doc %d: _id %q id %q after %q: want equal, valid, increasing", i, d.DocID, d.ID, prev)
+		if !codec.ValidID(d.ID) || d.DocID != "m!"+d.Topic+"!"+d.ID || d.ID <= prev {
+			t.Fatalf("doc %d: _id %q topic %q id %q after %q: want _id m!topic!id, id valid and increasing", i, d.DocID, d.Topic, d.ID, prev)
 		}
 		prev = d.ID
 		if codec.IDTime(d.ID) != ms || d.TS != ms {
@@ -333,7 +333,7 @@ func TestStoreAgainstPouchDB(t *testing.T) {
 		t.Fatalf("%d documents stored, want 130", all.Total)
 	}
 	d := all.Rows[0].Doc
-	if d.DocID != d.ID || !codec.ValidID(d.ID) || d.Kind != "json" || !strings.HasPrefix(d.Topic, "bench-") {
+	if d.DocID != "m!"+d.Topic+"!"+d.ID || !codec.ValidID(d.ID) || d.Kind != "json" || !strings.HasPrefix(d.Topic, "bench-") {
 		t.Fatalf("stored %+v", d)
 	}
 }

@@ -220,8 +220,8 @@ func checkStored(t testing.TB, c *cluster, base, topic string, l *ledger, d time
 	for _, d := range docs {
 		if d.Topic == topic {
 			docIDs = append(docIDs, d.DocID)
-			if d.DocID != d.ID {
-				problems = append(problems, fmt.Sprintf("document %s has id %s", d.DocID, d.ID))
+			if want := "m!" + d.Topic + "!" + d.ID; d.DocID != want {
+				problems = append(problems, fmt.Sprintf("document %s has topic %s and id %s: want _id %s", d.DocID, d.Topic, d.ID, want))
 			}
 		}
 	}

@@ -34,10 +34,16 @@ const (
 	couchDocAttempts = 3
 	// couchRetryBackoff is the pause before the second attempt; it doubles.
 	couchRetryBackoff = 50 * time.Millisecond
-	// couchIndexDDoc and couchIndexName name the Mango index on
-	// ["topic","id"] that History and Oldest use.
-	couchIndexDDoc = "chatgg"
-	couchIndexName = "topic-id"
+	// couchDocPrefix starts every message document's _id, which is
+	// couchDocPrefix + topic + couchDocSep + message ID (see couchDocID).
+	couchDocPrefix = "m!"
+	// couchDocSep ends the topic in an _id. It is not a topic byte and
+	// sorts below every topic byte, so one topic's documents are one
+	// contiguous range of _all_docs, ascending by message ID.
+	couchDocSep = '!'
+	// couchRangeEnd closes a topic's range: it sorts above every message ID
+	// byte (IDs are lowercase hex).
+	couchRangeEnd = "~"
 	// couchMaxIdleConns keeps connections to CouchDB open for concurrent
 	// workers; net/http's default keeps only 2 per host.
 	couchMaxIdleConns = 32
@@ -58,8 +64,11 @@ type CouchConfig struct {
 }
 
 // Couch stores messages in a CouchDB (or compatible) database, one document
-// per message whose _id is the message ID, and reads history through a
-// Mango index on ["topic","id"].
+// per message whose _id is "m!" + topic + "!" + message ID, and reads
+// history as a range of _all_docs. CouchDB sorts _all_docs by raw _id, and
+// the separator cannot occur in a topic, so a topic's messages are one range
+// in ID order: no index to build or keep up to date, which on PouchDB Server
+// cost more than writing the documents did.
 //
 // Couch is safe for concurrent use.
 type Couch struct {
@@ -84,7 +93,8 @@ type couchDoc struct {
 	Data  any    `json:"data"`
 }
 
-// couchRow is a document as _find returns it (see couchFields).
+// couchRow is a message document as _all_docs returns it with
+// include_docs.
 type couchRow struct {
 	Topic string          `json:"topic"`
 	ID    string          `json:"id"`
@@ -94,8 +104,6 @@ type couchRow struct {
 	From  string          `json:"from"`
 	Data  json.RawMessage `json:"data"`
 }
-
-var couchFields = []string{"topic", "id", "ts", "kind", "key", "from", "data"}
 
 // Kind names in documents.
 const (
@@ -124,8 +132,7 @@ func (e *BulkError) Error() string {
 func (e *BulkError) Unwrap() error { return e.Err }
 
 // NewCouch connects to the database named by cfg.URL, creating it when
-// missing, and ensures the Mango index History uses. It fails when CouchDB
-// cannot be reached.
+// missing. It fails when CouchDB cannot be reached.
 func NewCouch(ctx context.Context, cfg CouchConfig) (*Couch, error) {
 	raw := cfg.URL
 	if raw == "" {
@@ -223,7 +230,7 @@ func redact(raw string) string {
 	return u.Redacted()
 }
 
-// setup creates the database when missing and ensures the index.
+// setup creates the database when missing.
 func (c *Couch) setup(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -242,12 +249,12 @@ func (c *Couch) setup(ctx context.Context) error {
 			c.log.Info("database created", "db", c.name)
 		}
 	}
-	// Creating an index that exists is a no-op on CouchDB and PouchDB.
-	index := map[string]any{"fields": []string{"topic", "id"}}
-	if err := c.db.CreateIndex(rctx, couchIndexDDoc, couchIndexName, index); err != nil {
-		return fmt.Errorf("storage: couch index on %q: %w", c.name, err)
-	}
 	return nil
+}
+
+// couchDocID is the _id of message id of topic.
+func couchDocID(topic, id string) string {
+	return couchDocPrefix + topic + string(couchDocSep) + id
 }
 
 // Store writes batch with one _bulk_docs request. A conflict means the
@@ -285,7 +292,7 @@ func (c *Couch) Store(ctx context.Context, batch []*codec.Message) error {
 		if attempt == couchDocAttempts {
 			ids := make([]string, len(rejected))
 			for i, d := range rejected {
-				ids[i] = d.(*couchDoc).DocID
+				ids[i] = d.(*couchDoc).ID
 			}
 			return &BulkError{Docs: total, Failed: ids, Err: lastErr}
 		}
@@ -347,7 +354,7 @@ func toCouchDoc(m *codec.Message) (*couchDoc, string) {
 	if r := checkMessage(m); r != "" {
 		return nil, r
 	}
-	d := &couchDoc{DocID: m.ID, Topic: m.Topic, ID: m.ID, TS: m.TS, Key: m.Key, From: m.From}
+	d := &couchDoc{DocID: couchDocID(m.Topic, m.ID), Topic: m.Topic, ID: m.ID, TS: m.TS, Key: m.Key, From: m.From}
 	switch m.Kind {
 	case codec.KindJSON:
 		// encoding/json compacts a RawMessage as it writes it.
@@ -399,41 +406,37 @@ func (r *couchRow) message() (*codec.Message, error) {
 	return m, nil
 }
 
-// couchQuery is a _find request.
-type couchQuery struct {
-	Selector map[string]any      `json:"selector"`
-	Sort     []map[string]string `json:"sort"`
-	Limit    int                 `json:"limit"`
-	Fields   []string            `json:"fields"`
-	UseIndex []string            `json:"use_index"`
-}
-
-// find runs a _find for at most limit documents of topic with id >= fromID,
-// ascending by id, and scans each row into a couchRow.
-//
-// The selector is "$gte", never "$gt": pouchdb-find (PouchDB Server 4.2)
-// reads the index from an inclusive start key, applies limit, and only then
-// drops the rows "$gt" excludes, so {"$gt": X, limit: 1} returns nothing
-// when X is stored. Callers wanting "after X" ask for one row more and drop X.
-func (c *Couch) find(ctx context.Context, topic, fromID string, limit int, fields []string, each func(*couchRow) error) error {
+// scan reads at most limit message documents of topic from _all_docs,
+// ascending by ID, starting at fromID (inclusive; "" = the oldest), and
+// calls each for every row. With docs false the rows carry only their ID.
+func (c *Couch) scan(ctx context.Context, topic, fromID string, limit int, docs bool, each func(*couchRow) error) error {
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	q := couchQuery{
-		// "$gte": "" matches every id: all are strings.
-		Selector: map[string]any{"topic": topic, "id": map[string]any{"$gte": fromID}},
-		// Sorting on both index fields, in index order, lets CouchDB read
-		// the index range in order instead of sorting in memory.
-		Sort:     []map[string]string{{"topic": "asc"}, {"id": "asc"}},
-		Limit:    limit,
-		Fields:   fields,
-		UseIndex: []string{couchIndexDDoc, couchIndexName},
+	params := map[string]any{
+		// kivik encodes both keys as JSON strings.
+		"startkey": couchDocID(topic, fromID),
+		"endkey":   couchDocID(topic, couchRangeEnd),
 	}
-	rs := c.db.Find(rctx, q)
+	if limit < math.MaxInt {
+		params["limit"] = limit
+	}
+	if docs {
+		params["include_docs"] = true
+	}
+	rs := c.db.AllDocs(rctx, kivik.Params(params))
 	defer rs.Close()
 	for rs.Next() {
 		var r couchRow
-		if err := rs.ScanDoc(&r); err != nil {
-			return err
+		if docs {
+			if err := rs.ScanDoc(&r); err != nil {
+				return err
+			}
+		} else {
+			id, err := rs.ID()
+			if err != nil {
+				return err
+			}
+			r.ID = id[len(couchDocID(topic, "")):]
 		}
 		if err := each(&r); err != nil {
 			return err
@@ -443,17 +446,17 @@ func (c *Couch) find(ctx context.Context, topic, fromID string, limit int, field
 }
 
 // History returns at most limit messages of topic with ID > afterID,
-// ascending by ID, with one _find request.
+// ascending by ID, with one _all_docs request.
 func (c *Couch) History(ctx context.Context, topic, afterID string, limit int) ([]*codec.Message, error) {
 	if limit <= 0 {
 		return nil, nil
 	}
 	want := limit
 	if afterID != "" && limit < math.MaxInt {
-		want++ // afterID itself comes back first when stored; see find
+		want++ // the range starts at afterID, which comes back when stored
 	}
 	out := make([]*codec.Message, 0, min(limit, 64))
-	err := c.find(ctx, topic, afterID, want, couchFields, func(r *couchRow) error {
+	err := c.scan(ctx, topic, afterID, want, true, func(r *couchRow) error {
 		if r.ID == afterID || len(out) == limit {
 			return nil
 		}
@@ -473,7 +476,7 @@ func (c *Couch) History(ctx context.Context, topic, afterID string, limit int) (
 // Oldest returns the smallest stored ID of topic.
 func (c *Couch) Oldest(ctx context.Context, topic string) (string, bool, error) {
 	var id string
-	err := c.find(ctx, topic, "", 1, []string{"id"}, func(r *couchRow) error {
+	err := c.scan(ctx, topic, "", 1, false, func(r *couchRow) error {
 		id = r.ID
 		return nil
 	})

@@ -261,11 +261,13 @@ func testConformance(t *testing.T, open opener) {
 	t.Run("TopicsAreIsolated", func(t *testing.T) {
 		t.Parallel()
 		s := open(t)
-		// Interleaved in one batch; "room" is a prefix of "room2".
+		// Interleaved in one batch. Topics that are prefixes of others,
+		// with every separator byte a topic may hold after the prefix, and
+		// one starting with "_" (reserved at the start of a CouchDB _id).
 		var batch []*codec.Message
 		want := map[string][]string{}
-		topics := []string{"room", "room2", "a/b", "ro"}
-		for i := range 12 {
+		topics := []string{"room", "room2", "a/b", "ro", "a", "a-b", "a.b", "a:b", "a@b", "a_b", "A", "_sys"}
+		for i := range 3 * len(topics) {
 			topic := topics[i%len(topics)]
 			m := msgs(topic, i, i+1)[0]
 			batch = append(batch, m)
