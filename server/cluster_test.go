@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -135,6 +136,52 @@ func TestRecoverOnAnotherNode(t *testing.T) {
 			c2.expectSilence(300 * time.Millisecond)
 		})
 	}
+}
+
+// TestHistorySourceStore: history lists accepted messages at once (the hot
+// window), and with source=store only once a worker has stored them.
+func TestHistorySourceStore(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs redis-server and pouchdb-server")
+	}
+	prefix := testsvc.UniqueName(t, "src")
+	redisURL, couchURL := testsvc.Redis(t), testsvc.Couch(t)+"/"+prefix
+	a := clusterNode(t, RoleServe, 4, redisURL, couchURL, prefix, nil)
+	base := "http://" + a.HTTPAddr() + "/v1/topics/room/messages"
+	list := func(query string) []string {
+		t.Helper()
+		st, body, _ := httpDo(t, "GET", base+query, "", "")
+		if st != 200 {
+			t.Fatalf("GET %s: %d %s", query, st, body)
+		}
+		var p struct{ Messages []frame }
+		if err := json.Unmarshal(body, &p); err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, m := range p.Messages {
+			ids = append(ids, m.ID)
+		}
+		return ids
+	}
+	ids := publishTagged(t, a, "room", "a", 0, 3)
+	// No worker yet: queued, not stored.
+	if got := list(""); fmt.Sprint(got) != fmt.Sprint(ids) {
+		t.Fatalf("history = %v, want %v from the hot window", got, ids)
+	}
+	if got := list("?source=all"); fmt.Sprint(got) != fmt.Sprint(ids) {
+		t.Fatalf("history source=all = %v, want %v", got, ids)
+	}
+	if got := list("?source=store"); len(got) != 0 {
+		t.Fatalf("history source=store = %v before any worker ran, want none", got)
+	}
+	if st, body, _ := httpDo(t, "GET", base+"?source=cache", "", ""); st != 400 || !strings.Contains(string(body), "source must be") {
+		t.Fatalf("source=cache: %d %s, want 400", st, body)
+	}
+	clusterNode(t, RoleWorker, 5, redisURL, couchURL, prefix, nil)
+	eventually(t, 20*time.Second, "stored", func() bool {
+		return fmt.Sprint(list("?source=store&after="+ids[0])) == fmt.Sprint(ids[1:])
+	})
 }
 
 // TestStoredNoticeThroughRedis: the worker is another node; its notice

@@ -382,12 +382,24 @@ func (s *Server) publishBatch(ctx *fasthttp.RequestCtx) {
 	writeJSON(ctx, status, b)
 }
 
-// history handles GET /v1/topics/{topic}/messages?after=<id>&limit=<n>.
+// history handles GET /v1/topics/{topic}/messages?after=<id>&limit=<n>
+// [&source=store].
 func (s *Server) history(ctx *fasthttp.RequestCtx, topic string) {
 	args := ctx.QueryArgs()
 	after := string(args.Peek("after"))
 	if after != "" && !codec.ValidID(after) {
 		writeError(ctx, fasthttp.StatusBadRequest, "after must be a message id")
+		return
+	}
+	// source=store lists only what the store holds: whether a message is
+	// stored yet (bench e2e measures publish-to-stored with it).
+	storeOnly := false
+	switch src := string(args.Peek("source")); src {
+	case "", "all":
+	case "store":
+		storeOnly = true
+	default:
+		writeError(ctx, fasthttp.StatusBadRequest, "source must be all or store")
 		return
 	}
 	limit := defaultPageSize
@@ -411,7 +423,7 @@ func (s *Server) history(ctx *fasthttp.RequestCtx, topic string) {
 	// a newer one a client already paged past. The hot window holds the
 	// recent messages whether stored or not: merged in, every message is
 	// visible before a cursor can pass it.
-	if rr, ok := s.bus.(recentReader); ok {
+	if rr, ok := s.bus.(recentReader); ok && !storeOnly {
 		hot, _, err := rr.Recent(rctx, topic, "")
 		if err != nil {
 			s.log.Warn("history without the hot window", "topic", topic, "err", err)
