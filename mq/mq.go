@@ -24,8 +24,9 @@
 // process loses what is queued but not yet stored; a graceful stop (cancel
 // the worker's context) drains it into the Sink first, within
 // WorkerConfig.DrainTimeout. The Redis queue survives worker crashes: each
-// worker holds its in-flight batch in its own processing list, and any
-// worker gives a dead worker's batch back to the queue once its heartbeat
+// worker holds its in-flight batches (the one being stored and the next,
+// taken meanwhile) in its own processing list, and any
+// worker gives a dead worker's batches back to the queue once its heartbeat
 // expires. What survives a Redis restart is Redis's persistence setting.
 package mq
 

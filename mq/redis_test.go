@@ -315,7 +315,12 @@ func TestRedisRecoversBatchOfKilledWorker(t *testing.T) {
 	eventually(t, 15*time.Second, "worker a holds the batch", func() bool {
 		return e.stats(a).Processing == 15 && sink.numCalls() > 0
 	})
-	enqueueAll(t, a, all[15:], 5) // queued behind a's batch
+	// Queued behind a's batch, and taken by a as its next batch while it
+	// retries the first.
+	enqueueAll(t, a, all[15:], 5)
+	eventually(t, 15*time.Second, "worker a holds the next batch too", func() bool {
+		return e.stats(a).Processing == 20
+	})
 
 	// Kill a: its connection goes, so it can neither store, acknowledge nor
 	// give anything back, and its heartbeat is left to expire.
@@ -325,8 +330,8 @@ func TestRedisRecoversBatchOfKilledWorker(t *testing.T) {
 	if err := stopA(); !errors.Is(err, ErrClosed) {
 		t.Fatalf("killed worker returned %v, want ErrClosed", err)
 	}
-	if got := e.list(e.queue + ":processing:a"); len(got) != 15 {
-		t.Fatalf("a's processing list holds %d messages after the kill, want 15", len(got))
+	if got := e.list(e.queue + ":processing:a"); len(got) != 20 {
+		t.Fatalf("a's processing list holds %d messages after the kill, want 20", len(got))
 	}
 	if got := e.workers(); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("workers = %v, want [a]", got)
@@ -397,7 +402,8 @@ func TestRedisGracefulStopGivesHeldBatchBack(t *testing.T) {
 	stop := runWorker(t, func(ctx context.Context) error {
 		return r.RunWorker(ctx, sink, fastRetry(WorkerConfig{BatchSize: 5, DrainTimeout: 50 * time.Millisecond}))
 	})
-	eventually(t, 15*time.Second, "worker holds a batch", func() bool { return e.stats(r).Processing == 5 })
+	// The batch it retries, and the next one, taken meanwhile.
+	eventually(t, 15*time.Second, "worker holds two batches", func() bool { return e.stats(r).Processing == 10 })
 	if err := stop(); err != nil {
 		t.Fatalf("RunWorker = %v, want nil", err)
 	}

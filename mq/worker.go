@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -22,9 +23,11 @@ type entry struct {
 	m   *codec.Message
 }
 
-// worker is the state of one RunWorker call. Its fields belong to the
-// RunWorker goroutine, except those the maintenance goroutine uses, which
-// are immutable (r, cfg) or safe for concurrent use (log, lim).
+// worker is the state of one RunWorker call. collect runs on the RunWorker
+// goroutine while process may run on another (see RunWorker), so each
+// field belongs to one of them, or is immutable (r, sink, cfg) or safe for
+// concurrent use (log, lim, slim, fatal). The maintenance goroutine uses
+// only the latter.
 type worker struct {
 	r    *Redis
 	sink Sink
@@ -35,13 +38,14 @@ type worker struct {
 
 	// dirty means a Redis call that takes messages failed without a reply,
 	// so the processing list may hold messages this worker does not know
-	// it took. Before the next batch they go back to the queue.
+	// it took. Before the next batch they go back to the queue. collect's.
 	dirty bool
 	// fails counts consecutive failed Redis calls in collect, for backoff.
 	fails int
-	// fatal is set once the connection is closed under the worker.
-	fatal error
-	// msgs is scratch for the batch handed to Store.
+	// fatal is set once the connection is closed under the worker: RunWorker
+	// then returns ErrClosed.
+	fatal atomic.Bool
+	// msgs is scratch for the batch handed to Store. process's.
 	msgs []*codec.Message
 }
 
@@ -56,6 +60,12 @@ type worker struct {
 //     cfg.BatchSize or until cfg.MaxWait has passed since the first;
 //   - decodes them (an undecodable one goes straight to the dead letters),
 //     calls sink.Store, and only then removes them from the processing list;
+//   - takes the next batch while the Store of the current one runs, and
+//     acknowledges a stored batch while the next one is being stored, so
+//     the Sink does not wait for Redis between batches. Batches are still
+//     stored one at a time and in order: the next Store starts when the
+//     current batch is stored (or dead-lettered). A worker therefore holds
+//     up to two batches;
 //   - every cfg.RecoverInterval, and at start, gives the processing list of
 //     every registered worker whose heartbeat expired back to the queue.
 //
@@ -89,8 +99,8 @@ func (r *Redis) RunWorker(ctx context.Context, sink Sink, cfg WorkerConfig) erro
 		slim: logLimiter{Every: logEvery},
 	}
 	if err := w.redo(ctx, "join", w.join); err != nil {
-		if w.fatal != nil {
-			return w.fatal
+		if w.fatal.Load() {
+			return ErrClosed
 		}
 		return nil // ctx done before joining: nothing taken, nothing to give back
 	}
@@ -99,45 +109,75 @@ func (r *Redis) RunWorker(ctx context.Context, sink Sink, cfg WorkerConfig) erro
 	var maint sync.WaitGroup
 	maint.Go(func() { w.maintain(mctx) })
 
-	var held []entry
-	for ctx.Err() == nil && w.fatal == nil && !r.closed.Load() {
-		clear(held) // drop the last batch's messages
-		held = w.collect(ctx, held[:0])
+	// held is the batch to store next, taken while the one before it was
+	// being stored; next is the spare buffer the batch after it goes into.
+	// acked is closed when the acknowledgement of the last stored batch,
+	// which runs alongside the next Store, is done (nil: none running).
+	var held, next []entry
+	var acked chan struct{}
+	waitAck := func() {
+		if acked != nil {
+			<-acked
+			acked = nil
+		}
+	}
+	for ctx.Err() == nil && !w.fatal.Load() && !r.closed.Load() {
 		if len(held) == 0 {
+			held = w.collect(ctx, held[:0], true)
 			continue
 		}
-		if held = w.process(ctx, held); len(held) > 0 {
+		done := make(chan processed, 1)
+		go func(batch []entry) { done <- w.process(ctx, batch, true) }(held)
+		next = w.collect(ctx, next[:0], false)
+		res := <-done
+		waitAck()
+		if len(res.stored) > 0 {
+			// A copy: held's buffer takes the batch after next meanwhile.
+			acked = w.ackLater(ctx, append([]entry(nil), res.stored...))
+		}
+		if len(res.left) > 0 {
+			// Stopping with left unstored: left is older than next.
+			held = append(append(make([]entry, 0, len(res.left)+len(next)), res.left...), next...)
 			break
 		}
+		clear(held) // drop the stored batch's messages
+		held, next = next, held[:0]
 	}
-	if w.fatal == nil && r.closed.Load() {
-		w.fatal = ErrClosed
+	waitAck()
+	if r.closed.Load() {
+		w.fatal.Store(true)
 	}
-	if w.fatal != nil {
+	if w.fatal.Load() {
 		stopMaint()
 		maint.Wait()
-		return w.fatal // as a crash: the heartbeat expires, a recoverer takes over
+		return ErrClosed // as a crash: the heartbeat expires, a recoverer takes over
 	}
 
 	// Graceful stop. Stop the heartbeat before unregistering, so that it
 	// cannot register the worker again afterwards.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.DrainTimeout)
 	defer cancel()
-	if len(held) > 0 {
-		held = w.process(dctx, held)
+	// held may be two batches: store them one batch at a time.
+	for len(held) > 0 {
+		n := min(len(held), w.cfg.BatchSize)
+		if res := w.process(dctx, held[:n], false); len(res.left) > 0 {
+			held = append(res.left, held[n:]...)
+			break
+		}
+		held = held[n:]
 	}
 	stopMaint()
 	maint.Wait()
-	if w.fatal != nil {
-		return w.fatal
+	if w.fatal.Load() {
+		return ErrClosed
 	}
 	// Giving back gets a grace period of its own, at least a second: the
 	// drain may have used up the first on a Sink that is down.
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), max(w.cfg.DrainTimeout, time.Second))
 	defer rcancel()
 	if err := w.redo(rctx, "release", w.release); err != nil {
-		if w.fatal != nil {
-			return w.fatal
+		if w.fatal.Load() {
+			return ErrClosed
 		}
 		return fmt.Errorf("mq: worker %s: stop: %d messages left in flight for recovery: %w", r.id, len(held), err)
 	}
@@ -146,6 +186,7 @@ func (r *Redis) RunWorker(ctx context.Context, sink Sink, cfg WorkerConfig) erro
 
 // redo calls fn until it succeeds, backing off between failures. It gives
 // up when ctx is done, or when the connection is closed (setting w.fatal).
+// Safe to call from process and collect at once.
 func (w *worker) redo(ctx context.Context, what string, fn func(context.Context) error) error {
 	for n := 0; ; n++ {
 		err := fn(ctx)
@@ -153,7 +194,7 @@ func (w *worker) redo(ctx context.Context, what string, fn func(context.Context)
 			return nil
 		}
 		if errors.Is(err, rueidis.ErrClosing) {
-			w.fatal = ErrClosed
+			w.fatal.Store(true)
 			return ErrClosed
 		}
 		if ctx.Err() != nil {
@@ -267,14 +308,20 @@ func (w *worker) maintain(ctx context.Context) {
 
 // collect waits for the next batch and returns it in held, oldest first;
 // it returns nothing when ctx is done, the block timed out or Redis failed.
+// idle says the worker holds no other batch: only then may it give its
+// processing list back to the queue after a lost reply (w.dirty); when not
+// idle it takes nothing until then.
 // Blocking calls run under a context that is not cancelled, bounded by
 // BlockTimeout instead: a BLMOVE abandoned mid-wait could still move a
 // message into the processing list after the worker stopped looking.
-func (w *worker) collect(ctx context.Context, held []entry) []entry {
+func (w *worker) collect(ctx context.Context, held []entry, idle bool) []entry {
 	r := w.r
 	c := r.client
 	bctx := context.WithoutCancel(ctx)
 	if w.dirty {
+		if !idle {
+			return held
+		}
 		// Nothing is held, so whatever the processing list holds is a
 		// message moved by a call whose reply was lost: give it back.
 		if err := w.recover(ctx, r.id, "own"); err != nil {
@@ -327,7 +374,7 @@ func (w *worker) collect(ctx context.Context, held []entry) []entry {
 // collectErr notes a failed call in collect and backs off.
 func (w *worker) collectErr(ctx context.Context, err error) {
 	if errors.Is(err, rueidis.ErrClosing) {
-		w.fatal = ErrClosed
+		w.fatal.Store(true)
 		return
 	}
 	// A blocking call that failed without a reply may still have moved a
@@ -374,17 +421,30 @@ func (w *worker) bury(ctx context.Context, raw, id string) error {
 		[]string{r.processing, r.dead, r.attempts}, []string{raw, id}).Error()
 }
 
+// processed is what process did with a batch.
+type processed struct {
+	// left is what is not stored yet (ctx done), still in the processing
+	// list.
+	left []entry
+	// stored is what is stored but not acknowledged yet: with ackLater, a
+	// batch stored whole at the first attempt (the usual case). Everything
+	// else process acknowledges itself.
+	stored []entry
+}
+
 // process stores held, retrying as RunWorker describes, until every message
-// is stored or dead-lettered (it returns nil) or ctx is done (it returns
-// the messages not yet stored, still in the processing list).
-func (w *worker) process(ctx context.Context, held []entry) []entry {
+// is stored or dead-lettered or ctx is done. With ackLater a batch stored
+// whole at the first attempt (the usual case) is left for the caller to
+// acknowledge (see processed), so that the next Store need not wait for
+// Redis; everything else process acknowledges itself.
+func (w *worker) process(ctx context.Context, held []entry, ackLater bool) processed {
 	pieces := [][]entry{held}
-	for fails := 0; ; {
+	for round, fails := 0, 0; ; round++ {
 		var failed [][]entry
 		var lastErr error
 		progress := false
 		for i, p := range pieces {
-			if ctx.Err() != nil || w.fatal != nil {
+			if ctx.Err() != nil || w.fatal.Load() {
 				failed = append(failed, pieces[i:]...)
 				break
 			}
@@ -394,6 +454,9 @@ func (w *worker) process(ctx context.Context, held []entry) []entry {
 				continue
 			}
 			progress = true
+			if ackLater && round == 0 {
+				return processed{stored: p} // p is held, the only piece
+			}
 			if err := w.redo(ctx, "ack", func(ctx context.Context) error { return w.ack(ctx, p) }); err != nil {
 				// Stored but still in the processing list: it goes back to
 				// the queue when the worker stops or is recovered, and is
@@ -403,10 +466,10 @@ func (w *worker) process(ctx context.Context, held []entry) []entry {
 			}
 		}
 		if len(failed) == 0 {
-			return nil
+			return processed{}
 		}
-		if ctx.Err() != nil || w.fatal != nil {
-			return flatten(failed)
+		if ctx.Err() != nil || w.fatal.Load() {
+			return processed{left: flatten(failed)}
 		}
 		if lastErr != nil {
 			warn(w.log, &w.slim, "mq: store failed, retrying", lastErr,
@@ -416,13 +479,26 @@ func (w *worker) process(ctx context.Context, held []entry) []entry {
 			fails = 0
 		}
 		if pieces = w.triage(ctx, failed, progress); len(pieces) == 0 {
-			return nil
+			return processed{}
 		}
 		if !sleep(ctx, backoff(fails, w.cfg.RetryBase, w.cfg.RetryMax)) {
-			return flatten(pieces)
+			return processed{left: flatten(pieces)}
 		}
 		fails++
 	}
+}
+
+// ackLater acknowledges the stored p on its own goroutine, and closes the
+// channel it returns when done. If that fails (ctx done, Redis closed), p
+// stays in the processing list: it goes back to the queue when the worker
+// stops or is recovered, and is stored again, which the Sink tolerates.
+func (w *worker) ackLater(ctx context.Context, p []entry) chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = w.redo(ctx, "ack", func(ctx context.Context) error { return w.ack(ctx, p) })
+	}()
+	return done
 }
 
 // store hands p's messages to the Sink.

@@ -73,8 +73,12 @@ type Server struct {
 	draining     atomic.Bool // set on Shutdown: /readyz answers 503
 	workerCancel context.CancelFunc
 	workerDone   chan struct{}
-	httpDone     chan error
-	stopOnce     sync.Once
+	// notices carries storage notices from the worker to the goroutine
+	// that publishes them (with Redis), so that the worker's next Store
+	// does not wait for the publish.
+	notices  chan []*codec.Message
+	httpDone chan error
+	stopOnce sync.Once
 }
 
 // forwarder is the bus's Deliverer: it measures publish-to-delivery latency
@@ -293,12 +297,20 @@ func (s *Server) Start() error {
 		s.workerCancel = cancel
 		s.workerDone = make(chan struct{})
 		sink := &countingSink{store: s.store, metrics: s.metrics, notify: s.notifyStored}
+		s.notices = make(chan []*codec.Message, noticeBacklog)
 		go func() {
 			defer close(s.workerDone)
+			sent := make(chan struct{})
+			go func() {
+				defer close(sent)
+				s.sendNotices()
+			}()
 			err := s.queue.RunWorker(wctx, sink, mq.WorkerConfig{BatchSize: s.cfg.BatchSize, MaxWait: s.cfg.BatchWait})
 			if err != nil && !errors.Is(err, context.Canceled) {
 				s.log.Error("worker stopped", "err", err)
 			}
+			close(s.notices)
+			<-sent
 		}()
 	}
 	s.log.Info("chatgg started", "role", s.cfg.Role, "ws", s.WSAddr(), "http", s.HTTPAddr(),
@@ -414,10 +426,18 @@ func (c *countingSink) Store(ctx context.Context, batch []*codec.Message) error 
 // Ping lets the worker tell a store outage from a bad message.
 func (c *countingSink) Ping(ctx context.Context) error { return c.store.Ping(ctx) }
 
+// noticeBacklog is how many batches' storage notices may wait for their
+// publish; past it the worker waits (the notices are bounded, not dropped).
+const noticeBacklog = 16
+
+// noticeTimeout bounds the publish of one batch's storage notices.
+const noticeTimeout = 5 * time.Second
+
 // notifyStored tells the nodes that accepted the messages of batch that
-// they are stored: through Redis to whichever node, or directly in one
+// they are stored: through Redis to whichever node (published by
+// sendNotices, so the worker goes on meanwhile), or directly in one
 // process. A lost notice costs a client its "stored" answer, never data.
-func (s *Server) notifyStored(ctx context.Context, batch []*codec.Message) {
+func (s *Server) notifyStored(_ context.Context, batch []*codec.Message) {
 	if s.cfg.RedisURL == "" {
 		if s.watcher != nil {
 			for _, m := range batch {
@@ -426,8 +446,20 @@ func (s *Server) notifyStored(ctx context.Context, batch []*codec.Message) {
 		}
 		return
 	}
-	if err := s.bus.Publish(ctx, storedNotices(batch)); err != nil {
-		s.log.Warn("storage notices not sent", "err", err)
+	// storedNotices copies the ids: batch is the worker's again once
+	// Store returns.
+	s.notices <- storedNotices(batch)
+}
+
+// sendNotices publishes the storage notices notifyStored queues, in
+// order, until the channel is closed.
+func (s *Server) sendNotices() {
+	for n := range s.notices {
+		ctx, cancel := context.WithTimeout(context.Background(), noticeTimeout)
+		if err := s.bus.Publish(ctx, n); err != nil {
+			s.log.Warn("storage notices not sent", "err", err)
+		}
+		cancel()
 	}
 }
 
