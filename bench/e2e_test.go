@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -78,14 +79,15 @@ type server struct {
 	pid      int
 }
 
-// startChatgg runs the server until the end of the test.
-func startChatgg(t *testing.T) server {
+// startChatgg runs the server, with extra flags, until the end of the test.
+func startChatgg(t *testing.T, flags ...string) server {
 	t.Helper()
 	bin := chatggBinary(t)
 	wsPort, httpPort := freePort(t), freePort(t)
 	var logs bytes.Buffer
-	cmd := exec.Command(bin, "--ws-addr", fmt.Sprintf("127.0.0.1:%d", wsPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
-		"--data-dir", t.TempDir(), "--log-level", "warn")
+	args := append([]string{"--ws-addr", fmt.Sprintf("127.0.0.1:%d", wsPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
+		"--data-dir", t.TempDir(), "--log-level", "warn"}, flags...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -180,6 +182,28 @@ func splitDots(p string) []string {
 		}
 	}
 	return append(parts, p[start:])
+}
+
+// TestRefusedPublishesAreNotLost: publishes the server refuses (here over
+// the per-connection rate limit) are errors that fail the run, not losses.
+func TestRefusedPublishesAreNotLost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs chatgg")
+	}
+	s := startChatgg(t, "--publish-rate", "20", "--publish-burst", "5")
+	code, _, r := runTool(t, "fanout", "--url", s.ws, "--proto", "ws", "--duration", "1s",
+		"--subscribers", "5", "--publishers", "1", "--rate", "100")
+	m := r.Messages
+	if code != exitIssues || r.OK || !strings.Contains(r.Failure, "errors from the server") {
+		t.Fatalf("exit %d, ok %v, failure %q: want a failed run for the refusals", code, r.OK, r.Failure)
+	}
+	if m.ServerErrors == 0 || m.Lost != 0 || m.Delivered == 0 || m.Delivered != m.Expected {
+		t.Fatalf("server errors %d, lost %d, delivered %d of %d: want refusals, nothing lost", m.ServerErrors, m.Lost, m.Delivered, m.Expected)
+	}
+	// Sent counts what the server accepted: each reaches the 5 subscribers.
+	if m.Expected != m.Sent*5 || m.Sent+m.ServerErrors < 90 {
+		t.Fatalf("expected %d deliveries of %d accepted (%d refused) to 5 subscribers; want 5 each, about 100 publishes", m.Expected, m.Sent, m.ServerErrors)
+	}
 }
 
 func checkClean(t *testing.T, r *result) {
@@ -279,6 +303,29 @@ func TestEndToEndAgainstChatgg(t *testing.T) {
 		ws := r.Stored.Workers
 		if ws.Stored < float64(r.Messages.Sent) || ws.PerSec <= 0 || len(ws.Workers) != 1 || ws.Workers[0].Batches < 1 || ws.Errors != 0 {
 			t.Fatalf("workers %+v of %d sent", ws, r.Messages.Sent)
+		}
+	})
+
+	t.Run("e2e-verify-at-end", func(t *testing.T) {
+		code, m, r := runTool(t, "e2e", "--url", s.ws, "--http-url", s.http, "--proto", "ws", "--duration", "1s",
+			"--publishers", "2", "--topics", "2", "--rate", "200", "--poll", "20ms", "--store-timeout", "10s",
+			"--worker-metrics", s.http+"/metrics", "--verify-at-end")
+		if code != exitOK {
+			t.Fatalf("exit %d", code)
+		}
+		hasPath(t, m, "stored.stored", "stored.complete", "stored.verified_at_end", "stored.workers.stored_per_sec")
+		if !r.Stored.Complete || r.Stored.Stored != r.Messages.Sent || r.Stored.Lost+r.Stored.Duplicated+r.Stored.OutOfOrder != 0 {
+			t.Fatalf("stored %+v of %d sent", r.Stored, r.Messages.Sent)
+		}
+		// The rate is the workers', and the poller saw nothing before
+		// they had stored everything: no latency to report.
+		if !r.Stored.VerifiedAtEnd || r.Stored.Latency != nil || r.Stored.PerSec != r.Stored.Workers.PerSec || r.Stored.PerSec <= 0 {
+			t.Fatalf("stored %+v, workers %+v", r.Stored, r.Stored.Workers)
+		}
+		var out, errb bytes.Buffer
+		code = run(context.Background(), []string{"e2e", "--url", s.ws, "--http-url", s.http, "--duration", "1s", "--verify-at-end"}, &out, &errb)
+		if code != exitSetup || !strings.Contains(errb.String(), "--verify-at-end needs --worker-metrics") {
+			t.Fatalf("--verify-at-end without --worker-metrics: exit %d, %q; want %d", code, errb.String(), exitSetup)
 		}
 	})
 

@@ -98,6 +98,7 @@ type conn struct {
 	prefix    []byte // /ws: the pub request before data; REST: the request head
 	pending   int    // REST: requests awaiting their response; echo: frames in flight
 	accepted  uint64 // REST: publishes answered 2xx
+	refused   uint64 // /ws: publishes answered with an error, so never accepted
 
 	// Receiving. track is nil for connections that do not count.
 	track *subTrack
@@ -600,6 +601,17 @@ func (c *conn) control(p []byte) {
 		}
 		if c.state == stSubscribing {
 			l.fail(c, fmt.Errorf("bench: sub refused: %s", p))
+			return
+		}
+		// A publisher's error refuses one of its publishes (they carry no
+		// ref), except chatgg's "queued for storage but not delivered
+		// live": that one was accepted. Refused, it is not expected
+		// anywhere, so it does not count as lost.
+		if c.pub >= 0 && !bytes.Contains(p, []byte("queued for storage")) {
+			c.refused++
+			if n := l.r.p.expectPer(c); n > 0 {
+				l.expect.Add(^(n - 1)) // minus n: its deliveries are not expected
+			}
 		}
 	}
 }

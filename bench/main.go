@@ -102,6 +102,7 @@ type options struct {
 	poll          time.Duration
 	storeTimeout  time.Duration
 	workerMetrics string
+	verifyAtEnd   bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -236,6 +237,7 @@ func newFlags(o *options, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.poll, "poll", 50*time.Millisecond, "e2e: history poll interval")
 	fs.DurationVar(&o.storeTimeout, "store-timeout", 30*time.Second, "e2e: longest wait for every message to be stored")
 	fs.StringVar(&o.workerMetrics, "worker-metrics", "", "e2e: comma-separated /metrics URLs of chatgg's workers: also report their store rate, batches and busy time, and the queue depth (GET /v1/queue)")
+	fs.BoolVar(&o.verifyAtEnd, "verify-at-end", false, "e2e: throughput without an observer: read history only once the workers' counters (--worker-metrics) account for every message, then check it all; stored/s is the workers', no publish-to-stored latency")
 	return fs
 }
 
@@ -327,6 +329,9 @@ func (o *options) defaults(fs *flag.FlagSet) error {
 	case modeE2E:
 		if o.pubs < 1 {
 			return errors.New("bench: e2e needs a publisher")
+		}
+		if o.verifyAtEnd && len(splitURLs(o.workerMetrics)) == 0 {
+			return errors.New("bench: --verify-at-end needs --worker-metrics")
 		}
 	case modeEcho, modeIdle:
 		if o.conns < 1 {
@@ -456,6 +461,11 @@ func judge(o *options, r *result) {
 		if n := m.Lost + m.Duplicated + m.OutOfOrder + m.Foreign + m.Malformed; n != 0 {
 			why = append(why, fmt.Sprintf("%d lost, %d duplicated, %d out of order, %d foreign, %d malformed",
 				m.Lost, m.Duplicated, m.OutOfOrder, m.Foreign, m.Malformed))
+		}
+		// Refused publishes are not lost, but a run at a rate the server
+		// refuses did not measure that rate. A ramp ends on such a step.
+		if n := m.ServerErrors + m.HTTPErrors; n != 0 && r.Ramp == nil {
+			why = append(why, fmt.Sprintf("%d errors from the server (%d /ws, %d HTTP)", n, m.ServerErrors, m.HTTPErrors))
 		}
 	}
 	if s := r.Stored; s != nil && (s.Lost+s.Duplicated+s.OutOfOrder != 0 || !s.Complete) {

@@ -215,7 +215,7 @@ func runRamp(ctx context.Context, o *options, r *runner, res *result) error {
 	rate := o.rate
 	prevDelivered := warmUp(ctx, o, r, rate).delivered
 	st0 := r.settle()
-	prevSent, prev := st0.sent, st0.issues
+	prevSent, prev, prevErrs := st0.sent, st0.issues, st0.counts.serverErrs+st0.counts.httpErrs
 	firstA := sampleCPU(o.pid)
 	var lastB cpuSample
 	var lastDrained bool
@@ -240,10 +240,13 @@ func runRamp(ctx context.Context, o *options, r *runner, res *result) error {
 		s.OutOfOrder = st.issues.OutOfOrder - prev.OutOfOrder
 		s.ClientCPU, s.Server = between(a, b, o.pid)
 		sent := st.sent - prevSent
-		prevDelivered, prevSent, prev = pr.delivered, st.sent, st.issues
+		errs := st.counts.serverErrs + st.counts.httpErrs - prevErrs
+		prevDelivered, prevSent, prev, prevErrs = pr.delivered, st.sent, st.issues, prevErrs+errs
 		switch {
 		case s.Lost+s.Duplicated+s.OutOfOrder != 0:
 			s.Why = fmt.Sprintf("%d lost, %d duplicated, %d out of order", s.Lost, s.Duplicated, s.OutOfOrder)
+		case errs > 0:
+			s.Why = fmt.Sprintf("%d publishes refused by the server", errs)
 		case !drained:
 			s.Why = "deliveries still missing after --drain"
 		case s.Latency.P99 > rp.MaxP99Ms:
@@ -258,7 +261,7 @@ func runRamp(ctx context.Context, o *options, r *runner, res *result) error {
 		if !s.Pass && s.ClientCPU.Percent >= 90 {
 			s.Why += fmt.Sprintf(" (the tool used %.0f%% of a core: maybe client-bound)", s.ClientCPU.Percent)
 		}
-		latencyOnly := !s.Pass && s.Lost+s.Duplicated+s.OutOfOrder == 0 && drained && st.counts.disconnects == 0 &&
+		latencyOnly := !s.Pass && s.Lost+s.Duplicated+s.OutOfOrder == 0 && errs == 0 && drained && st.counts.disconnects == 0 &&
 			s.Latency.P99 > rp.MaxP99Ms
 		if latencyOnly && retries > 0 {
 			// One p99 spike from other work on the machine should not

@@ -114,15 +114,15 @@ func latencyOf(h *hdrhistogram.Histogram) *latency {
 }
 
 type idleResult struct {
-	Conns         int     `json:"conns"`
-	HoldS         float64 `json:"hold_s"`
-	RSSBefore     int64   `json:"rss_before_bytes,omitempty"`
-	RSSAfter      int64   `json:"rss_after_bytes,omitempty"`
+	Conns     int     `json:"conns"`
+	HoldS     float64 `json:"hold_s"`
+	RSSBefore int64   `json:"rss_before_bytes,omitempty"`
+	RSSAfter  int64   `json:"rss_after_bytes,omitempty"`
 	// BytesPerConn is set whenever the server's RSS was read (--pid), zero
 	// or negative included: the server may reuse memory it already held.
 	BytesPerConn  *float64 `json:"bytes_per_conn,omitempty"`
-	ClientRSS     int64   `json:"client_rss_bytes"`
-	ConnectPerSec float64 `json:"connects_per_sec"`
+	ClientRSS     int64    `json:"client_rss_bytes"`
+	ConnectPerSec float64  `json:"connects_per_sec"`
 }
 
 type rampStep struct {
@@ -162,6 +162,10 @@ type storedResult struct {
 	PollMs    float64 `json:"poll_interval_ms"`
 	// Workers is chatgg's side, with --worker-metrics.
 	Workers *workerStats `json:"workers,omitempty"`
+	// VerifiedAtEnd (--verify-at-end): history was read only after the
+	// workers had stored everything; PerSec is the workers' rate and there
+	// is no Latency.
+	VerifiedAtEnd bool `json:"verified_at_end,omitempty"`
 }
 
 // printJSON writes r as indented JSON.
@@ -212,7 +216,11 @@ func printTable(w io.Writer, r *result) {
 	}
 	if s := r.Stored; s != nil {
 		row("stored", "%d (lost %d, dup %d, ooo %d, complete %v)", s.Stored, s.Lost, s.Duplicated, s.OutOfOrder, s.Complete)
-		row("stored/s", "%s", num(s.PerSec))
+		if s.VerifiedAtEnd {
+			row("stored/s", "%s (the workers' counters; history read and checked after they stored everything)", num(s.PerSec))
+		} else {
+			row("stored/s", "%s (as history showed them)", num(s.PerSec))
+		}
 		if s.Latency != nil && s.Latency.Count > 0 {
 			row("publish→stored ms", "p50 %.1f  p90 %.1f  p99 %.1f  max %.1f  (poll every %.0f ms)", s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.Max, s.PollMs)
 		}

@@ -448,6 +448,9 @@ func (r *runner) settle() settled {
 
 // sentPerPub returns what each publisher sent so far (for REST, what was
 // accepted), by publisher id.
+//
+// What a publisher sent counts only when the server accepted it: a REST
+// publish answered 2xx, a /ws publish not answered with an error.
 func (r *runner) sentPerPub() []uint64 {
 	sent := make([]uint64, r.p.pubs)
 	if r.p.mode == modeEcho {
@@ -455,7 +458,7 @@ func (r *runner) sentPerPub() []uint64 {
 	}
 	r.each(func(l *loop) {
 		for _, c := range l.pubs {
-			n := c.seq
+			n := c.seq - min(c.refused, c.seq)
 			if c.kind == kindHTTP {
 				n = c.accepted
 			}

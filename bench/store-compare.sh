@@ -13,8 +13,12 @@
 #      `all` node and WORKERS-1 workers (ROLES=all);
 #   3. `bench e2e` publishing the same number of messages at SATURATE times
 #      the store's rate (at most MAX_RATE), so the store, not the publisher,
-#      is the limit; it polls history until every message is there, and
-#      reads the workers' /metrics and GET /v1/queue (--worker-metrics);
+#      is the limit, sampling the workers' /metrics and GET /v1/queue
+#      (--worker-metrics). With VERIFY=end (the default) it reads history
+#      only once the workers have stored everything (--verify-at-end), then
+#      checks every message: the store alone does not read back either, and
+#      on PouchDB Server a read competes with the writes for its one
+#      thread. VERIFY=poll reads history every POLL while storing;
 #   4. unless LATENCY_LOAD=0, `bench e2e` once more for LATENCY_DURATION at
 #      LATENCY_LOAD times the rate step 3 reached: latency without a backlog;
 #   5. `bench compare --store` prints the table, with the CPU each process
@@ -25,20 +29,22 @@
 # seconds (170) for the whole run. Results (JSON, logs, table.txt) stay in
 # $OUT (default artifacts/store-compare/<time>).
 #
-# Environment: OUT, MESSAGES (30000), BATCH (500), WORKERS (2), SIZE (64),
-# SATURATE (1.2), MAX_RATE (50000), PER_PUBLISHER (500 publishes/s per
+# Environment: OUT, MESSAGES (60000), BATCH (500), WORKERS (2), SIZE (64),
+# SATURATE (1.2), MAX_RATE (50000), VERIFY (end), PER_PUBLISHER (500 publishes/s per
 # connection: chatgg allows 1000 by default), POLL (50ms), ROLES (serve),
-# LATENCY_LOAD (0.5), LATENCY_DURATION (5s), PIN (0; 1: pouchdb-server on
+# LATENCY_LOAD (0.5), LATENCY_DURATION (5s), PIN (1: pouchdb-server on
 # CPU STORE_CPU (0), everything else on OTHER_CPU (1), so that the store
-# has the same core in both runs and chatgg's own CPU does not come out of
-# it), CHATGG_BIN (a chatgg binary to use instead of building
+# has the same core in both runs and chatgg's own CPU, which a deployment
+# gives its own hosts, does not come out of it; 0: nothing pinned, so the
+# store alone gets both cores and e2e shares them with chatgg, Redis and
+# the tool), CHATGG_BIN (a chatgg binary to use instead of building
 # ./cmd/chatgg), GO.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/artifacts/store-compare/$(date -u +%Y%m%dT%H%M%SZ)}
-MESSAGES=${MESSAGES:-30000}
+MESSAGES=${MESSAGES:-60000}
 BATCH=${BATCH:-500}
 WORKERS=${WORKERS:-2}
 SIZE=${SIZE:-64}
@@ -46,11 +52,12 @@ SATURATE=${SATURATE:-1.2}
 MAX_RATE=${MAX_RATE:-50000}
 PER_PUBLISHER=${PER_PUBLISHER:-500}
 POLL=${POLL:-50ms}
+VERIFY=${VERIFY:-end}
 ROLES=${ROLES:-serve}
 LATENCY_LOAD=${LATENCY_LOAD:-0.5}
 LATENCY_DURATION=${LATENCY_DURATION:-5s}
 BUDGET=${BUDGET:-170}
-PIN=${PIN:-0}
+PIN=${PIN:-1}
 STORE_CPU=${STORE_CPU:-0}
 OTHER_CPU=${OTHER_CPU:-1}
 GO=${GO:-go}
@@ -67,6 +74,7 @@ log() { printf '%s store-compare: %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 [[ $ROLES == serve || $ROLES == all ]] || die "ROLES must be serve or all"
+[[ $VERIFY == end || $VERIFY == poll ]] || die "VERIFY must be end or poll"
 ((WORKERS >= 1)) || die "WORKERS must be at least 1"
 command -v redis-server >/dev/null || die "redis-server not found: run make services"
 command -v node >/dev/null || die "node not found: run make services"
@@ -257,7 +265,9 @@ declare -a T0
 for i in "${!CPIDS[@]}"; do T0[i]=$(cpu_ticks "${CPIDS[i]}"); done
 W0=$(date +%s%N)
 rc=0
-timeout "$(left 120)" "${ON_OTHER[@]}" "$OUT/bench" "${E2E[@]}" --rate "$RATE" --duration "$DURATION" --publishers "$PUBS" \
+VERIFY_ARGS=()
+[[ $VERIFY == end ]] && VERIFY_ARGS=(--verify-at-end)
+timeout "$(left 120)" "${ON_OTHER[@]}" "$OUT/bench" "${E2E[@]}" "${VERIFY_ARGS[@]}" --rate "$RATE" --duration "$DURATION" --publishers "$PUBS" \
 	>"$OUT/e2e.json" 2>>"$OUT/bench.log" || rc=$?
 W1=$(date +%s%N)
 declare -a T1
