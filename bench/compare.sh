@@ -50,13 +50,19 @@ GO=${GO:-go}
 mkdir -p "$OUT"
 log() { printf '%s bench-compare: %s\n' "$(date +%T)" "$*" >&2; }
 
-# A free loopback port: one nobody answers on, from a random start.
-free_port() {
+# A free loopback port: one nobody answers on, not handed out before, and
+# below the kernel's ephemeral range, so that an outgoing connection (ours
+# or another program's) does not take it before the server binds it.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range
+PORT_LOW=10000 PORT_HIGH=$((EPHEMERAL_LOW > 12000 ? EPHEMERAL_LOW - 1 : 60000))
+USED_PORTS=" "
+free_port() { # VAR: sets VAR (not in a $(subshell): USED_PORTS must stick)
 	local p
 	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 30000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
+		p=$((PORT_LOW + (RANDOM * 32768 + RANDOM) % (PORT_HIGH - PORT_LOW)))
+		if [[ $USED_PORTS != *" $p "* ]] && ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			USED_PORTS+="$p "
+			printf -v "$1" '%s' "$p"
 			return
 		fi
 	done
@@ -102,9 +108,9 @@ fi
 log "building the tool"
 $GO build -o "$OUT/bench" ./bench
 
-WS_PORT=$(free_port)
-HTTP_PORT=$(free_port)
-NODE_PORT=$(free_port)
+free_port WS_PORT
+free_port HTTP_PORT
+free_port NODE_PORT
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log "starting chatgg on 127.0.0.1:$WS_PORT (CPU $SERVER_CPU, GOMAXPROCS=1, 1 loop)"
