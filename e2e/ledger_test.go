@@ -216,10 +216,10 @@ func checkStored(t testing.TB, c *cluster, base, topic string, l *ledger, d time
 	if err != nil {
 		t.Fatalf("couch documents: %v", err)
 	}
-	var docIDs []string
+	var docIDs []string // message ids, as history lists them
 	for _, d := range docs {
 		if d.Topic == topic {
-			docIDs = append(docIDs, d.DocID)
+			docIDs = append(docIDs, d.ID)
 			if want := "m!" + d.Topic + "!" + d.ID; d.DocID != want {
 				problems = append(problems, fmt.Sprintf("document %s has topic %s and id %s: want _id %s", d.DocID, d.Topic, d.ID, want))
 			}
