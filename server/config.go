@@ -30,8 +30,10 @@ type Config struct {
 	Role     string
 	WSAddr   string
 	HTTPAddr string
-	DataDir  string
-	LogLevel slog.Level
+	// PprofAddr serves net/http/pprof when set (--pprof-addr).
+	PprofAddr string
+	DataDir   string
+	LogLevel  slog.Level
 
 	RedisURL      string
 	ChannelPrefix string
@@ -163,6 +165,13 @@ func options() []option {
 		{"max-conns", []string{"CHATGG_MAX_CONNS"}, "0", "connections on the WebSocket port; upgrades past it get 503 (0: no limit)", setInt(func(c *Config) *int { return &c.MaxConns }, 0)},
 		{"max-conns-per-ip", []string{"CHATGG_MAX_CONNS_PER_IP"}, "0", "connections per client address (IPv6: per /64); upgrades past it get 429 (0: no limit)", setInt(func(c *Config) *int { return &c.MaxConnsPerIP }, 0)},
 		{"upgrades-per-sec-per-ip", []string{"CHATGG_UPGRADES_PER_SEC_PER_IP"}, "0", "WebSocket upgrades per second per client address, burst as many; past it 429 (0: no limit)", setNonNegFloat(func(c *Config) *float64 { return &c.UpgradesPerSecPerIP })},
+		{"pprof-addr", []string{"CHATGG_PPROF_ADDR"}, "", "serve Go's net/http/pprof on this address (e.g. 127.0.0.1:6060); empty: off. Keep it on loopback: profiles reveal internals", func(c *Config, v string) error {
+			if v == "" {
+				c.PprofAddr = ""
+				return nil
+			}
+			return setAddr(&c.PprofAddr, v)
+		}},
 	}
 }
 

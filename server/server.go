@@ -69,6 +69,7 @@ type Server struct {
 
 	http   *fasthttp.Server
 	httpLn net.Listener
+	pprof  *pprofServer // nil unless --pprof-addr
 
 	draining     atomic.Bool // set on Shutdown: /readyz answers 503
 	workerCancel context.CancelFunc
@@ -272,7 +273,7 @@ type nopCloser struct{ *pubsub.LocalDedup }
 
 func (nopCloser) Close() error { return nil }
 
-// Start binds the WebSocket and REST ports and starts the worker.
+// Start binds the WebSocket, REST and pprof ports and starts the worker.
 func (s *Server) Start() error {
 	if s.engine != nil {
 		if err := s.engine.Start(); err != nil {
@@ -283,6 +284,20 @@ func (s *Server) Start() error {
 	if err != nil {
 		s.stopEngine(context.Background())
 		return fmt.Errorf("server: listen on %s: %w", s.cfg.HTTPAddr, err)
+	}
+	if s.cfg.PprofAddr != "" {
+		p, err := startPprof(s.cfg.PprofAddr)
+		if err != nil {
+			_ = ln.Close()
+			s.stopEngine(context.Background())
+			return err
+		}
+		s.pprof = p
+		if !loopbackAddr(s.cfg.PprofAddr) {
+			s.log.Warn("SECURITY: pprof is served on a non-loopback address: profiles and command lines are readable by anyone who reaches it", "addr", p.addr())
+		} else {
+			s.log.Info("pprof served", "addr", p.addr())
+		}
 	}
 	if s.cfg.ProxyProtocol {
 		ln = newProxyListener(ln, s.log, func() { s.metrics.rejected("http", "proxy_header") })
@@ -334,6 +349,14 @@ func (s *Server) WSAddr() string {
 	return s.engine.Addr().String()
 }
 
+// PprofAddr is the pprof listen address ("" unless --pprof-addr).
+func (s *Server) PprofAddr() string {
+	if s.pprof == nil {
+		return ""
+	}
+	return s.pprof.addr()
+}
+
 // HTTPAddr is the REST listen address.
 func (s *Server) HTTPAddr() string {
 	if s.httpLn == nil {
@@ -367,6 +390,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.http != nil {
 			if err := s.http.ShutdownWithContext(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("server: http shutdown: %w", err))
+			}
+		}
+		if s.pprof != nil {
+			if err := s.pprof.shutdown(ctx); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		if s.workerCancel != nil {

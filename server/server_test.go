@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -465,5 +466,33 @@ func TestShutdownDrainsThenCloses(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPprofAddr: --pprof-addr serves net/http/pprof on its own port, and
+// nothing of it on the REST port.
+func TestPprofAddr(t *testing.T) {
+	s := testServer(t, func(c *Config) { c.PprofAddr = "127.0.0.1:0" })
+	addr := s.PprofAddr()
+	if addr == "" {
+		t.Fatal("no pprof address")
+	}
+	st, body, _ := httpDo(t, "GET", "http://"+addr+"/debug/pprof/cmdline", "", "")
+	if st != 200 || len(body) == 0 {
+		t.Fatalf("GET /debug/pprof/cmdline: %d %q", st, body)
+	}
+	st, body, _ = httpDo(t, "GET", "http://"+addr+"/debug/pprof/goroutine?debug=1", "", "")
+	if st != 200 || !strings.Contains(string(body), "goroutine profile:") {
+		t.Fatalf("GET goroutine profile: %d %.80q", st, body)
+	}
+	if st, _, _ := httpDo(t, "GET", "http://"+s.HTTPAddr()+"/debug/pprof/", "", ""); st != 404 {
+		t.Errorf("REST port answers /debug/pprof/ with %d, want 404", st)
+	}
+	stopServer(t, s)
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Errorf("pprof still listens on %s after shutdown", addr)
+	}
+	if off := testServer(t, nil); off.PprofAddr() != "" {
+		t.Errorf("pprof on %s without --pprof-addr", off.PprofAddr())
 	}
 }
