@@ -123,6 +123,10 @@ func (r *Redis) RunWorker(ctx context.Context, sink Sink, cfg WorkerConfig) erro
 	}
 	for ctx.Err() == nil && !w.fatal.Load() && !r.closed.Load() {
 		if len(held) == 0 {
+			// Idle: collect may give the whole processing list back to
+			// the queue (after a lost reply), so no acknowledgement may
+			// still be on its way.
+			waitAck()
 			held = w.collect(ctx, held[:0], true)
 			continue
 		}
