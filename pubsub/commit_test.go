@@ -11,7 +11,7 @@ import (
 // committer is the claim life cycle both dedup windows offer.
 type committer interface {
 	Claim(ctx context.Context, topic, key, id string) (string, bool, error)
-	Commit(ctx context.Context, topic, key, pending, final string) error
+	Commit(ctx context.Context, topic, key, pending, final string) (bool, error)
 	Release(ctx context.Context, topic, key, id string) error
 }
 
@@ -20,14 +20,22 @@ func testCommit(t *testing.T, d committer) {
 	if _, fresh, err := d.Claim(ctx, "t", "k", "~1"); !fresh || err != nil {
 		t.Fatalf("first claim: %v %v", fresh, err)
 	}
-	if err := d.Commit(ctx, "t", "k", "~other", "other"); err != nil {
-		t.Fatal(err)
+	if won, err := d.Commit(ctx, "t", "k", "~other", "other"); won || err != nil {
+		t.Fatalf("commit of another claim: %v %v, want false", won, err)
 	}
 	if v, fresh, _ := d.Claim(ctx, "t", "k", "~2"); fresh || v != "~1" {
 		t.Fatalf("a commit for another claim changed it: %q %v", v, fresh)
 	}
-	if err := d.Commit(ctx, "t", "k", "~1", "1"); err != nil {
-		t.Fatal(err)
+	// A swap between pending values (a retry taking a stale claim over):
+	// one of two racing retries wins.
+	if won, err := d.Commit(ctx, "t", "k", "~1", "~1@a"); !won || err != nil {
+		t.Fatalf("take-over: %v %v, want true", won, err)
+	}
+	if won, _ := d.Commit(ctx, "t", "k", "~1", "~1@b"); won {
+		t.Fatal("a second take-over of the same claim won too")
+	}
+	if won, err := d.Commit(ctx, "t", "k", "~1@a", "1"); !won || err != nil {
+		t.Fatalf("commit: %v %v, want true", won, err)
 	}
 	if v, fresh, _ := d.Claim(ctx, "t", "k", "~3"); fresh || v != "1" {
 		t.Fatalf("after commit the key reads %q %v, want 1", v, fresh)

@@ -104,17 +104,20 @@ func (d *LocalDedup) Claim(ctx context.Context, topic, key, id string) (existing
 }
 
 // Commit replaces a claim's value pending with final, if the claim still
-// holds pending: a publish claims its key with a pending marker and commits
-// it once the message is accepted, so a retry can tell the two apart.
-func (d *LocalDedup) Commit(ctx context.Context, topic, key, pending, final string) error {
+// holds pending, and reports whether it did: a publish claims its key with a
+// pending marker and commits it once the message is accepted, so a retry can
+// tell the two apart; a retry that takes over a stale pending claim swaps
+// it the same way, and only one such retry wins. The error is always nil.
+func (d *LocalDedup) Commit(ctx context.Context, topic, key, pending, final string) (bool, error) {
 	k := dedupKey{topic, key}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if e, ok := d.entries[k]; ok && e.id == pending {
+	if e, ok := d.entries[k]; ok && e.id == pending && d.now()-e.ts < d.window {
 		e.id = final
 		d.entries[k] = e
+		return true, nil
 	}
-	return nil
+	return false, nil
 }
 
 // Release forgets the claim of key on topic if it is still held by id, so a

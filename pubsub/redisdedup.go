@@ -135,12 +135,13 @@ func (d *RedisDedup) Claim(ctx context.Context, topic, key, id string) (existing
 }
 
 // Commit is LocalDedup.Commit on Redis, atomically.
-func (d *RedisDedup) Commit(ctx context.Context, topic, key, pending, final string) error {
-	err := commitScript.Exec(ctx, d.client, []string{d.key(topic, key)}, []string{pending, final}).Error()
+func (d *RedisDedup) Commit(ctx context.Context, topic, key, pending, final string) (bool, error) {
+	v, err := commitScript.Exec(ctx, d.client, []string{d.key(topic, key)}, []string{pending, final}).ToAny()
 	if err != nil && !rueidis.IsRedisNil(err) {
-		return fmt.Errorf("pubsub: dedup commit: %w", err)
+		return false, fmt.Errorf("pubsub: dedup commit: %w", err)
 	}
-	return nil
+	// SET answers OK when the script swapped; it returns 0 otherwise.
+	return v == "OK", nil
 }
 
 // Release forgets the claim of key on topic if it is still held by id, so a

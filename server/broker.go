@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/chatgg/chatgg/codec"
+	"github.com/chatgg/chatgg/mq"
 )
 
 // ErrBusy is returned when a broker shard's queue is full: the node is
@@ -41,14 +45,49 @@ type producer interface {
 // deduper remembers idempotency keys (pubsub.LocalDedup, pubsub.RedisDedup).
 type deduper interface {
 	Claim(ctx context.Context, topic, key, id string) (existingID string, fresh bool, err error)
-	Commit(ctx context.Context, topic, key, pending, final string) error
+	Commit(ctx context.Context, topic, key, pending, final string) (bool, error)
 	Release(ctx context.Context, topic, key, id string) error
 }
 
 // pendingMark prefixes the id a key is claimed with until its message is
 // queued: a retry that finds it knows the first attempt is still in flight
-// and must not be acked yet (it may fail).
+// and must not be acked yet (it may fail). A claim taken over from a stale
+// attempt (see send) reads "~<id>@<hex ms>", the time of the take-over.
 const pendingMark = "~"
+
+// parsePending splits a pending claim into the message id and the time
+// (Unix ms) of the attempt that holds it; ok is false for anything else.
+func parsePending(v string) (id string, ms int64, ok bool) {
+	rest, found := strings.CutPrefix(v, pendingMark)
+	if !found {
+		return "", 0, false
+	}
+	id, at, took := strings.Cut(rest, "@")
+	if !codec.ValidID(id) {
+		return "", 0, false
+	}
+	if !took {
+		return id, codec.IDTime(id), true
+	}
+	ms, err := strconv.ParseInt(at, 16, 64)
+	return id, ms, err == nil
+}
+
+// takeoverMark is the claim value of a retry that takes over id's attempt.
+func takeoverMark(id string, nowMs int64) string {
+	return pendingMark + id + "@" + strconv.FormatInt(nowMs, 16)
+}
+
+// queueRefused reports whether err means the queue did not take the batch:
+// an error reply from Redis, a full or closed queue. Anything else (a lost
+// connection, a timeout) leaves it unknown whether the batch was queued.
+func queueRefused(err error) bool {
+	if errors.Is(err, mq.ErrFull) || errors.Is(err, mq.ErrClosed) {
+		return true
+	}
+	var re *rueidis.RedisError
+	return errors.As(err, &re)
+}
 
 // brokerConfig configures a broker.
 type brokerConfig struct {
@@ -84,6 +123,9 @@ type broker struct {
 type pubReq struct {
 	m    *codec.Message
 	done func(id string, err error)
+	// pending is the value its idempotency key is claimed with ("" for a
+	// publish without a key).
+	pending string
 }
 
 func newBroker(cfg brokerConfig) *broker {
@@ -187,6 +229,15 @@ func (b *broker) run(ch chan pubReq) {
 
 // send publishes one batch: idempotency keys first, then the queue, then
 // the bus; every request is answered.
+//
+// A key is claimed as pending ("~" + id) until its message is queued, then
+// committed to the id. A retry that finds it pending is refused with
+// ErrKeyInFlight, unless the claim is older than staleAfter: then the first
+// attempt has ended without committing (its node died, or its queue call
+// failed with an unknown outcome), and the retry takes the claim over and
+// publishes under the first attempt's id. If the first attempt did queue
+// its message, storage keeps one copy (it is idempotent by id), so a key
+// never stores two messages.
 func (b *broker) send(batch []pubReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
 	defer cancel()
@@ -195,18 +246,26 @@ func (b *broker) send(batch []pubReq) {
 	reqs := make([]pubReq, 0, len(batch))
 	for _, r := range batch {
 		if r.m.Key != "" && b.cfg.Dedup != nil {
-			orig, fresh, err := b.cfg.Dedup.Claim(ctx, r.m.Topic, r.m.Key, pendingMark+r.m.ID)
+			r.pending = pendingMark + r.m.ID
+			orig, fresh, err := b.cfg.Dedup.Claim(ctx, r.m.Topic, r.m.Key, r.pending)
 			if err != nil {
 				b.fail(r, err)
 				continue
 			}
 			if !fresh {
-				if strings.HasPrefix(orig, pendingMark) {
+				if !strings.HasPrefix(orig, pendingMark) {
+					r.done(orig, nil) // a retry: acked with the first id, not published again
+					continue
+				}
+				took, err := b.takeOver(ctx, &r, orig)
+				if err != nil {
+					b.fail(r, err)
+					continue
+				}
+				if !took {
 					b.fail(r, ErrKeyInFlight)
 					continue
 				}
-				r.done(orig, nil) // a retry: acked with the first id, not published again
-				continue
 			}
 		}
 		msgs = append(msgs, r.m)
@@ -221,21 +280,23 @@ func (b *broker) send(batch []pubReq) {
 	// with an error be stored or delivered anyway, and its retry under the
 	// same key twice.
 	if err := b.cfg.Queue.Enqueue(ctx, msgs); err != nil {
+		// Refused: the keys are free for a retry. Unknown (the batch may
+		// be queued): they stay pending, and a retry after staleAfter
+		// takes them over under the same ids.
+		refused := queueRefused(err)
 		for _, r := range reqs {
-			if r.m.Key != "" && b.cfg.Dedup != nil {
-				_ = b.cfg.Dedup.Release(context.Background(), r.m.Topic, r.m.Key, pendingMark+r.m.ID)
+			if refused && r.pending != "" {
+				_ = b.cfg.Dedup.Release(context.Background(), r.m.Topic, r.m.Key, r.pending)
 			}
 			b.fail(r, err)
 		}
 		return
 	}
 	// Queued: the keys now name accepted messages.
-	if b.cfg.Dedup != nil {
-		for _, r := range reqs {
-			if r.m.Key != "" {
-				if err := b.cfg.Dedup.Commit(ctx, r.m.Topic, r.m.Key, pendingMark+r.m.ID, r.m.ID); err != nil {
-					b.cfg.Logger.Warn("idempotency key left pending", "topic", r.m.Topic, "err", err)
-				}
+	for _, r := range reqs {
+		if r.pending != "" {
+			if _, err := b.cfg.Dedup.Commit(ctx, r.m.Topic, r.m.Key, r.pending, r.m.ID); err != nil {
+				b.cfg.Logger.Warn("idempotency key left pending", "topic", r.m.Topic, "err", err)
 			}
 		}
 	}
@@ -256,6 +317,31 @@ func (b *broker) send(batch []pubReq) {
 	for _, r := range reqs {
 		r.done(r.m.ID, nil)
 	}
+}
+
+// staleAfter is how old a pending claim must be before a retry may take it
+// over: twice the bound on one send, so its attempt has surely ended.
+func (b *broker) staleAfter() time.Duration { return 2 * b.cfg.Timeout }
+
+// takeOver tries to take the stale pending claim orig for r: on success r
+// carries the first attempt's id (and its time) and the new claim value.
+// It is false for a claim not stale yet, or taken over by another retry
+// first. Staleness goes by the clocks of the nodes (the id's time, or the
+// take-over's): they must agree to well within staleAfter.
+func (b *broker) takeOver(ctx context.Context, r *pubReq, orig string) (bool, error) {
+	id, at, ok := parsePending(orig)
+	now := time.Now().UnixMilli()
+	if !ok || now-at < b.staleAfter().Milliseconds() {
+		return false, nil
+	}
+	mark := takeoverMark(id, now)
+	won, err := b.cfg.Dedup.Commit(ctx, r.m.Topic, r.m.Key, orig, mark)
+	if err != nil || !won {
+		return false, err
+	}
+	b.cfg.Logger.Info("idempotency key taken over from a stale attempt", "topic", r.m.Topic, "id", id)
+	r.m.ID, r.m.TS, r.pending = id, codec.IDTime(id), mark
+	return true, nil
 }
 
 func (b *broker) fail(r pubReq, err error) {

@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/chatgg/chatgg/codec"
+	"github.com/chatgg/chatgg/mq"
 	"github.com/chatgg/chatgg/pubsub"
 )
 
@@ -43,7 +45,7 @@ func TestRetryOfAnInFlightKeyIsNotAcked(t *testing.T) {
 		wantFirst bool
 	}{
 		{"first attempt succeeds", nil, true},
-		{"first attempt fails", errors.New("queue down"), false},
+		{"first attempt refused by the queue", mq.ErrFull, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q := gatedQueue{gate: make(chan error, 4)}
@@ -86,11 +88,117 @@ func TestRetryOfAnInFlightKeyIsNotAcked(t *testing.T) {
 func TestPublishWhileKeyInFlightAnswersConflict(t *testing.T) {
 	q := gatedQueue{gate: make(chan error, 1)}
 	d := pubsub.NewLocalDedup(time.Minute)
-	_, _, _ = d.Claim(context.Background(), "t", "k", pendingMark+"0000000000010000000001")
+	ids := codec.NewIDGen(1)
+	_, _, _ = d.Claim(context.Background(), "t", "k", pendingMark+ids.Next(time.Now().UnixMilli()))
 	b := newBroker(brokerConfig{Bus: nopBus{}, Queue: q, Dedup: d, Shards: 1})
 	defer b.Close()
-	a := <-publishAsync(b, &codec.Message{ID: "0000000000010000000002", Topic: "t", Key: "k", Data: []byte("1")})
+	a := <-publishAsync(b, &codec.Message{ID: ids.Next(time.Now().UnixMilli()), Topic: "t", Key: "k", Data: []byte("1")})
 	if !errors.Is(a.err, ErrKeyInFlight) || publishStatus(a.err) != 409 {
 		t.Fatalf("got %+v, want ErrKeyInFlight (409)", a)
+	}
+}
+
+// recordingQueue records every batch and answers each Enqueue from errs
+// (nil once it is empty), as a queue whose reply may be lost after it took
+// the batch.
+type recordingQueue struct {
+	mu      sync.Mutex
+	errs    []error
+	queued  []string // ids, in order, whatever the answer
+	answers int
+}
+
+func (q *recordingQueue) Enqueue(_ context.Context, batch []*codec.Message) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, m := range batch {
+		q.queued = append(q.queued, m.ID)
+	}
+	q.answers++
+	if len(q.errs) == 0 {
+		return nil
+	}
+	err := q.errs[0]
+	q.errs = q.errs[1:]
+	return err
+}
+
+func (q *recordingQueue) ids() []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]string(nil), q.queued...)
+}
+
+// TestUnknownEnqueueOutcomeKeepsTheKey: when the queue call fails without
+// saying whether it took the batch (a lost connection), the key stays
+// pending: a retry soon after is told the first is in flight (409), and a
+// retry once the claim is stale takes it over and publishes under the
+// first attempt's id, so storage (idempotent by id) keeps one message
+// whichever way the first attempt went. A refusal the queue did report
+// frees the key at once.
+func TestUnknownEnqueueOutcomeKeepsTheKey(t *testing.T) {
+	q := &recordingQueue{errs: []error{errors.New("connection reset by peer")}}
+	d := pubsub.NewLocalDedup(time.Minute)
+	b := newBroker(brokerConfig{Bus: nopBus{}, Queue: q, Dedup: d, Shards: 1, Timeout: 50 * time.Millisecond})
+	defer b.Close()
+	ids := codec.NewIDGen(1)
+	msg := func() *codec.Message {
+		now := time.Now().UnixMilli()
+		return &codec.Message{ID: ids.Next(now), TS: now, Topic: "t", Key: "k", Kind: codec.KindJSON, Data: []byte("1")}
+	}
+	first := msg()
+	firstID := first.ID
+	if a := <-publishAsync(b, first); a.err == nil || publishStatus(a.err) != 503 {
+		t.Fatalf("first attempt: %+v, want the queue's error (503)", a)
+	}
+	if a := <-publishAsync(b, msg()); !errors.Is(a.err, ErrKeyInFlight) {
+		t.Fatalf("retry at once: %+v, want ErrKeyInFlight", a)
+	}
+	time.Sleep(b.staleAfter() + 20*time.Millisecond)
+	retry := msg()
+	a := <-publishAsync(b, retry)
+	if a.err != nil || a.id != firstID || retry.ID != firstID || retry.TS != codec.IDTime(firstID) {
+		t.Fatalf("retry of a stale claim: %+v (message id %s, ts %d), want the first id %s", a, retry.ID, retry.TS, firstID)
+	}
+	if got := q.ids(); len(got) != 2 || got[0] != firstID || got[1] != firstID {
+		t.Fatalf("queued %v, want the first id twice (storage keeps one)", got)
+	}
+	if a := <-publishAsync(b, msg()); a.err != nil || a.id != firstID {
+		t.Fatalf("later retry: %+v, want acked with %s", a, firstID)
+	}
+
+	// A refusal the queue reported frees the key: the retry is new.
+	q.mu.Lock()
+	q.errs = []error{mq.ErrFull}
+	q.mu.Unlock()
+	refusedFirst := msg()
+	refusedFirst.Key = "k2"
+	if a := <-publishAsync(b, refusedFirst); !errors.Is(a.err, mq.ErrFull) {
+		t.Fatalf("refused first: %+v", a)
+	}
+	again := msg()
+	again.Key = "k2"
+	if a := <-publishAsync(b, again); a.err != nil || a.id != again.ID || a.id == refusedFirst.ID {
+		t.Fatalf("retry after a refusal: %+v, want a new publish under %s", a, again.ID)
+	}
+}
+
+func TestParsePending(t *testing.T) {
+	const id = "01a2295000000001000000"
+	for _, tc := range []struct {
+		v      string
+		ms     int64
+		wantOK bool
+	}{
+		{pendingMark + id, codec.IDTime(id), true},
+		{takeoverMark(id, 0x19a0), 0x19a0, true},
+		{id, 0, false},                    // committed, not pending
+		{pendingMark + "probe", 0, false}, // not an id
+		{pendingMark + id + "@zz", 0, false},
+	} {
+		gotID, ms, ok := parsePending(tc.v)
+		if ok != tc.wantOK || (ok && (gotID != id || ms != tc.ms)) {
+			t.Errorf("parsePending(%q) = %q, %d, %v; want %v, %d", tc.v, gotID, ms, ok, tc.wantOK, tc.ms)
+		}
 	}
 }
