@@ -29,6 +29,11 @@ var ErrKeyInFlight = errors.New("server: a publish with this idempotency key is 
 // but could not be published for live delivery.
 var ErrNotDelivered = errors.New("server: queued for storage but not delivered live")
 
+// ErrOutcomeUnknown marks a publish whose queue call failed without saying
+// whether it queued the message (a connection lost mid-call): it may be
+// stored. A retry with the same idempotency key is safe (see send).
+var ErrOutcomeUnknown = errors.New("server: the queue did not answer, the message may be queued; retry with the same idempotency key")
+
 // ErrStopping is returned for publishes after the broker began to stop.
 var ErrStopping = errors.New("server: shutting down")
 
@@ -284,6 +289,9 @@ func (b *broker) send(batch []pubReq) {
 		// be queued): they stay pending, and a retry after staleAfter
 		// takes them over under the same ids.
 		refused := queueRefused(err)
+		if !refused {
+			err = fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+		}
 		for _, r := range reqs {
 			if refused && r.pending != "" {
 				_ = b.cfg.Dedup.Release(context.Background(), r.m.Topic, r.m.Key, r.pending)
