@@ -23,7 +23,14 @@ func TestFrameCodecDoesNotAllocate(t *testing.T) {
 		frameMore(ws.OpContinuation, string(text4k[1000:3000])),
 		frameFin(ws.OpContinuation, string(text4k[3000:])),
 	)
-	in := make([]byte, max(len(fragmented), len(frame4k)))
+	// Over keepBufBytes: assembled in a buffer borrowed from bigBufs.
+	text64k := textOf(rng, 64<<10)
+	frame64k := maskedFrame(rng, ws.OpText, true, text64k)
+	fragmented64k := encodeFrames(rng,
+		frameMore(ws.OpText, string(text64k[:20000])),
+		frameFin(ws.OpContinuation, string(text64k[20000:])),
+	)
+	in := make([]byte, max(len(fragmented64k), len(frame64k)))
 	var r Reader
 	// next decodes whole from a fresh copy of src (Next unmasks in place)
 	// and wants the messages ops, in order.
@@ -69,6 +76,24 @@ func TestFrameCodecDoesNotAllocate(t *testing.T) {
 					t.Fatalf("Next(second part) = %v, %v", m.Op, err)
 				}
 			},
+		},
+		{
+			name: "Reader.Next 64 KiB frame split across calls",
+			f: func(t *testing.T) {
+				copy(in, frame64k)
+				for _, part := range [][2]int{{0, 16 << 10}, {16 << 10, 40 << 10}} {
+					if m, n, err := r.Next(in[part[0]:part[1]]); err != nil || m.Op != 0 || n != part[1]-part[0] {
+						t.Fatalf("Next(part %v) = %v, %d, %v", part, m.Op, n, err)
+					}
+				}
+				if m, _, err := r.Next(in[40<<10 : len(frame64k)]); err != nil || m.Op != ws.OpText || !bytes.Equal(m.Payload, text64k) {
+					t.Fatalf("Next(last part) = %v, %v", m.Op, err)
+				}
+			},
+		},
+		{
+			name: "Reader.Next fragmented 64 KiB message",
+			f:    func(t *testing.T) { next(t, fragmented64k, ws.OpText) },
 		},
 		{
 			name: "AppendFrame",

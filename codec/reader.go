@@ -1,6 +1,9 @@
 package codec
 
 import (
+	"math/bits"
+	"sync"
+
 	"github.com/gobwas/ws"
 )
 
@@ -8,8 +11,56 @@ import (
 const DefaultMaxMessageBytes = 16 << 20
 
 // keepBufBytes is the largest assembly buffer a Reader keeps between
-// messages; larger ones are dropped so that an idle connection stays small.
+// messages; larger ones go back to bigBufs so that an idle connection stays
+// small.
 const keepBufBytes = 4 << 10
+
+// Size classes of bigBufs: powers of two from 8 KiB to 16 MiB.
+const (
+	minBigShift = 13
+	maxBigShift = 24
+)
+
+// bigBufs holds assembly buffers over keepBufBytes, by size class, shared
+// by every Reader: a message that spans reads or frames and is larger than
+// keepBufBytes borrows one for as long as it is assembled and read, so
+// large messages cost no allocation once the pool is warm.
+var bigBufs [maxBigShift - minBigShift + 1]sync.Pool
+
+// bigClass returns the size class (a shift) that holds n bytes, or -1 when
+// n is over the largest class.
+func bigClass(n int) int {
+	shift := max(bits.Len(uint(n-1)), minBigShift)
+	if shift > maxBigShift {
+		return -1
+	}
+	return shift
+}
+
+// getBig returns a pooled empty buffer of at least n bytes (n >
+// keepBufBytes), or nil when n is over the largest class (the caller then
+// makes its own).
+func getBig(n int) *[]byte {
+	shift := bigClass(n)
+	if shift < 0 {
+		return nil
+	}
+	if p, ok := bigBufs[shift-minBigShift].Get().(*[]byte); ok {
+		*p = (*p)[:0]
+		return p
+	}
+	b := make([]byte, 0, 1<<shift)
+	return &b
+}
+
+// putBig gives a buffer from getBig back to its size class.
+func putBig(p *[]byte) {
+	if p == nil {
+		return
+	}
+	*p = (*p)[:0]
+	bigBufs[bits.Len(uint(cap(*p)))-1-minBigShift].Put(p)
+}
 
 // Msg is one decoded WebSocket message or control frame.
 type Msg struct {
@@ -38,9 +89,10 @@ type Reader struct {
 	inFrame bool      // hdr parsed, payload not yet all consumed
 	msgOp   ws.OpCode // opcode of the data message in progress, 0 for none
 	utf8    UTF8
-	got     int64  // payload bytes of the current frame consumed so far
-	buf     []byte // the data message in progress when it spans frames or calls
-	ctl     []byte // a control frame's payload when it spans calls
+	got     int64   // payload bytes of the current frame consumed so far
+	buf     []byte  // the data message in progress when it spans frames or calls
+	big     *[]byte // the bigBufs buffer buf is in, if any
+	ctl     []byte  // a control frame's payload when it spans calls
 }
 
 // Next decodes from b. It returns the number of bytes of b it consumed and,
@@ -134,7 +186,8 @@ func (r *Reader) checkHeader(h ws.Header) error {
 		r.msgOp = h.OpCode
 		r.utf8.Reset()
 		if cap(r.buf) > keepBufBytes {
-			r.buf = nil
+			// The last message's payload was valid until this call.
+			r.dropBuf()
 		}
 		r.buf = r.buf[:0]
 	}
@@ -152,14 +205,37 @@ func (r *Reader) checkHeader(h ws.Header) error {
 // grows the buffer as append would but never past keepBufBytes: append's
 // rounding would otherwise take a message that fits (say 4000 bytes) over
 // the limit, checkHeader would drop the buffer, and every such message
-// would allocate again.
+// would allocate again. Past keepBufBytes it borrows from bigBufs, sized
+// for the whole frame when its header says more is coming.
 func (r *Reader) appendBuf(p []byte) {
-	if n := len(r.buf) + len(p); n > cap(r.buf) && n <= keepBufBytes {
-		nb := make([]byte, len(r.buf), min(max(2*cap(r.buf), n, 64), keepBufBytes))
-		copy(nb, r.buf)
-		r.buf = nb
+	n := len(r.buf) + len(p)
+	if n <= cap(r.buf) {
+		r.buf = append(r.buf, p...)
+		return
 	}
-	r.buf = append(r.buf, p...)
+	var nb []byte
+	var big *[]byte
+	if n <= keepBufBytes {
+		nb = make([]byte, 0, min(max(2*cap(r.buf), n, 64), keepBufBytes))
+	} else {
+		frameEnd := len(r.buf) + int(r.hdr.Length-r.got) + len(p) // the frame's last byte, this chunk included
+		want := max(n, frameEnd, 2*cap(r.buf))
+		if big = getBig(want); big != nil {
+			nb = *big
+		} else {
+			nb = make([]byte, 0, want)
+		}
+	}
+	nb = append(append(nb, r.buf...), p...)
+	r.dropBuf()
+	r.buf, r.big = nb, big
+}
+
+// dropBuf lets go of the assembly buffer, giving it back to bigBufs if it
+// came from there.
+func (r *Reader) dropBuf() {
+	putBig(r.big)
+	r.buf, r.big = nil, nil
 }
 
 func (r *Reader) finish(p []byte, n int) (Msg, int, error) {
@@ -180,9 +256,20 @@ func (r *Reader) control(op ws.OpCode, p []byte, n int) (Msg, int, error) {
 	return Msg{Op: op, Payload: p}, n, nil
 }
 
+// Trim gives a large assembly buffer (over keepBufBytes) back to the pool
+// shared by all Readers once no message is in progress, so a connection
+// holds one only while it assembles and handles a large message. The
+// payload Next returned last must not be used after Trim.
+func (r *Reader) Trim() {
+	if r.big != nil && r.msgOp == 0 && !r.inFrame {
+		r.dropBuf()
+	}
+}
+
 // Release drops the Reader's buffers, for a connection going idle or away.
 func (r *Reader) Release() {
 	if r.msgOp == 0 && !r.inFrame {
-		r.buf, r.ctl = nil, nil
+		r.dropBuf()
+		r.ctl = nil
 	}
 }

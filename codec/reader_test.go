@@ -1071,3 +1071,37 @@ func BenchmarkReaderNextFragmented(b *testing.B) {
 		})
 	}
 }
+
+// TestReaderTrimReturnsLargeBuffersOnlyBetweenMessages: a message over
+// keepBufBytes that spans calls is assembled in a borrowed buffer, which
+// Trim gives back once the message is done, and not while it is assembled.
+func TestReaderTrimReturnsLargeBuffersOnlyBetweenMessages(t *testing.T) {
+	rng := newTestRand(40)
+	payload := textOf(rng, 20<<10)
+	frame := maskedFrame(rng, ws.OpText, true, payload)
+	var r Reader
+	cut := 12 << 10
+	if m, n, err := r.Next(frame[:cut]); err != nil || m.Op != 0 || n != cut {
+		t.Fatalf("Next(first part) = %v, %d, %v", m.Op, n, err)
+	}
+	r.Trim()
+	if r.big == nil || len(r.buf) == 0 {
+		t.Fatal("Trim gave back the buffer of a message in progress")
+	}
+	m, _, err := r.Next(frame[cut:])
+	if err != nil || m.Op != ws.OpText || !bytes.Equal(m.Payload, payload) {
+		t.Fatalf("Next(rest) = %v, %v", m.Op, err)
+	}
+	if cap(r.buf) < len(payload) || cap(r.buf) > 32<<10 {
+		t.Fatalf("assembly buffer cap %d for a %d-byte message: want one size class", cap(r.buf), len(payload))
+	}
+	r.Trim()
+	if r.big != nil || r.buf != nil {
+		t.Fatal("Trim kept the large buffer after the message")
+	}
+	// The Reader goes on: a small fragmented message after it.
+	small := encodeFrames(rng, frameMore(ws.OpText, "he"), frameFin(ws.OpContinuation, "llo"))
+	if m, _, err := r.Next(small); err != nil || string(m.Payload) != "hello" {
+		t.Fatalf("next message: %q, %v", m.Payload, err)
+	}
+}

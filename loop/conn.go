@@ -120,6 +120,9 @@ func (ls *loopState) traffic(c *conn) gnet.Action {
 		}
 		action = ls.message(c, m)
 	}
+	// Every message read is handled: a large assembly buffer goes back to
+	// the pool rather than idling with the connection.
+	c.rd.Trim()
 	if len(ls.out) > 0 {
 		_, _ = c.gc.Write(ls.out)
 		ls.out = ls.out[:0]
