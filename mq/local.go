@@ -20,16 +20,23 @@ type LocalConfig struct {
 	Capacity int
 	// Logger receives Store failures (rate-limited). Nil discards.
 	Logger *slog.Logger
+	// Journal, when set, makes the queue durable: every batch is written
+	// to it before Enqueue returns, and removed once stored; Recover puts
+	// back what an earlier process left. Nil: memory only.
+	Journal *Journal
 }
 
 // Local is the in-process queue: a bounded FIFO in memory drained by any
-// number of RunWorker goroutines. Everything it holds is lost if the process
-// dies; a graceful stop drains it (see RunWorker). All methods are safe for
-// concurrent use.
+// number of RunWorker goroutines. Without a Journal everything it holds is
+// lost if the process dies; a graceful stop drains it (see RunWorker). With
+// one, what it accepted survives a crash and comes back with Recover. All
+// methods are safe for concurrent use.
 type Local struct {
 	capacity int
 	log      *slog.Logger
 	lim      logLimiter
+	jlim     logLimiter // journal removal failures
+	journal  *Journal
 
 	// notify holds a token when messages may be waiting: Enqueue puts one,
 	// and a worker that leaves messages behind puts it back for the next.
@@ -40,6 +47,7 @@ type Local struct {
 	head     int // index of the oldest queued message in ring
 	n        int // queued messages
 	inflight int // taken by workers, not yet stored
+	reserved int // room held by Enqueue calls writing to the journal
 	closed   bool
 }
 
@@ -52,8 +60,35 @@ func NewLocal(cfg LocalConfig) *Local {
 		capacity: cfg.Capacity,
 		log:      discardLogger(cfg.Logger).With("component", "mq"),
 		lim:      logLimiter{Every: logEvery},
+		jlim:     logLimiter{Every: logEvery},
+		journal:  cfg.Journal,
 		notify:   make(chan struct{}, 1),
 	}
+}
+
+// Recover queues what the journal holds (what an earlier process accepted
+// and did not store), in id order, and returns how many. Call it once,
+// before the first Enqueue. Without a journal it does nothing.
+func (q *Local) Recover() (int, error) {
+	if q.journal == nil {
+		return 0, nil
+	}
+	msgs, err := q.journal.load()
+	if err != nil {
+		return 0, fmt.Errorf("mq: recover from journal: %w", err)
+	}
+	q.mu.Lock()
+	q.growLocked(q.n + len(msgs))
+	for _, m := range msgs {
+		q.ring[(q.head+q.n)&(len(q.ring)-1)] = m
+		q.n++
+	}
+	q.mu.Unlock()
+	if len(msgs) > 0 {
+		q.log.Info("recovered accepted messages from the journal", "messages", len(msgs))
+		q.wake()
+	}
+	return len(msgs), nil
 }
 
 // Enqueue appends batch, in order, to the queue. It never blocks: when the
@@ -69,9 +104,21 @@ func (q *Local) Enqueue(_ context.Context, batch []*codec.Message) error {
 		q.mu.Unlock()
 		return ErrClosed
 	}
-	if q.n+q.inflight+len(batch) > q.capacity {
+	if q.n+q.inflight+q.reserved+len(batch) > q.capacity {
 		q.mu.Unlock()
 		return ErrFull
+	}
+	if q.journal != nil {
+		// Durable first, without holding the lock through the fsync.
+		q.reserved += len(batch)
+		q.mu.Unlock()
+		err := q.journal.append(batch)
+		q.mu.Lock()
+		q.reserved -= len(batch)
+		if err != nil {
+			q.mu.Unlock()
+			return fmt.Errorf("mq: journal: %w", err)
+		}
 	}
 	q.growLocked(q.n + len(batch))
 	for _, m := range batch {
@@ -243,6 +290,13 @@ func (q *Local) store(ctx context.Context, sink Sink, batch []*codec.Message, cf
 		err := sink.Store(ctx, batch)
 		if err == nil {
 			q.done(len(batch))
+			if q.journal != nil {
+				// Left in the journal, the batch would be stored again
+				// after a restart: harmless, so a failure only warns.
+				if err := q.journal.remove(batch); err != nil {
+					warn(q.log, &q.jlim, "mq: journal removal failed", err, slog.Int("batch", len(batch)))
+				}
+			}
 			return nil
 		}
 		if ctx.Err() != nil {

@@ -20,10 +20,12 @@
 // batch given back, a replayed dead letter, or the Redis worker's splitting
 // of a failed batch (see Redis.RunWorker) may store them out of order.
 //
-// Durability differs. The embedded queue lives in memory: a crash of the
-// process loses what is queued but not yet stored; a graceful stop (cancel
-// the worker's context) drains it into the Sink first, within
-// WorkerConfig.DrainTimeout. The Redis queue survives worker crashes: each
+// Durability differs. The embedded queue lives in memory; with a Journal
+// (as chatgg runs it) every batch is also written to a bbolt file before
+// Enqueue returns, so what was accepted survives a crash and Recover queues
+// it again. Without one a crash loses what is queued but not yet stored. A
+// graceful stop (cancel the worker's context) drains it into the Sink
+// first, within WorkerConfig.DrainTimeout. The Redis queue survives worker crashes: each
 // worker holds its in-flight batches (the one being stored and the next,
 // taken meanwhile) in its own processing list, and any
 // worker gives a dead worker's batches back to the queue once its heartbeat

@@ -100,7 +100,7 @@ func options() []option {
 	return []option{
 		{"ws-addr", []string{"CHATGG_WS_ADDR"}, loop.DefaultAddr, "WebSocket listen address (PORT=n also sets :n)", func(c *Config, v string) error { return setAddr(&c.WSAddr, v) }},
 		{"http-addr", []string{"CHATGG_HTTP_ADDR"}, ":9002", "REST listen address", func(c *Config, v string) error { return setAddr(&c.HTTPAddr, v) }},
-		{"data-dir", []string{"CHATGG_DATA_DIR"}, "./data", "directory of the embedded store", func(c *Config, v string) error { c.DataDir = v; return nonEmpty(v) }},
+		{"data-dir", []string{"CHATGG_DATA_DIR"}, "./data", "directory of the embedded store and the embedded queue's journal", func(c *Config, v string) error { c.DataDir = v; return nonEmpty(v) }},
 		{"log-level", []string{"CHATGG_LOG_LEVEL"}, "info", "debug, info, warn or error", func(c *Config, v string) error { return c.LogLevel.UnmarshalText([]byte(v)) }},
 		{"redis-url", []string{"CHATGG_REDIS_URL", "REDIS_URL"}, "", "Redis for pub/sub, queue and dedup (redis://, rediss://); empty: in-process", setString(func(c *Config) *string { return &c.RedisURL })},
 		{"redis-prefix", []string{"CHATGG_REDIS_PREFIX"}, "chatgg:", "prefix of chatgg's Redis channels", setString(func(c *Config) *string { return &c.ChannelPrefix })},

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,6 +59,7 @@ type Server struct {
 	broker  *broker
 	bus     busBackend
 	queue   queueBackend
+	journal *mq.Journal // the embedded queue's, nil with Redis
 	store   storeBackend
 	dedup   interface{ Close() error }
 	ids     *codec.IDGen
@@ -149,7 +151,18 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 	} else {
 		s.bus = pubsub.NewLocal(pubsub.LocalConfig{Deliverer: s.fwd, HotWindow: hot})
 		s.dedup = nopCloser{pubsub.NewLocalDedup(cfg.DedupWindow)}
-		s.queue = mq.NewLocal(mq.LocalConfig{Logger: logger})
+		// The journal makes the embedded queue the commit point Redis is
+		// otherwise: what was accepted survives a crash.
+		j, err := mq.OpenJournal(filepath.Join(cfg.DataDir, mq.DefaultJournalFile), logger)
+		if err != nil {
+			return nil, fmt.Errorf("server: embedded queue: %w", err)
+		}
+		s.journal = j
+		q := mq.NewLocal(mq.LocalConfig{Logger: logger, Journal: j})
+		s.queue = q
+		if _, err := q.Recover(); err != nil {
+			return nil, fmt.Errorf("server: embedded queue: %w", err)
+		}
 	}
 
 	if cfg.CouchDBURL != "" {
@@ -423,8 +436,8 @@ func (s *Server) closeBackends() {
 	if s.watcher != nil {
 		_ = s.watcher.Close()
 	}
-	for _, c := range []interface{ Close() error }{s.bus, s.dedup, s.queue, s.store} {
-		if c == nil {
+	for _, c := range []interface{ Close() error }{s.bus, s.dedup, s.queue, s.store, s.journal} {
+		if c == nil || c == (*mq.Journal)(nil) {
 			continue
 		}
 		if err := c.Close(); err != nil {
