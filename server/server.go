@@ -153,11 +153,16 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 		s.dedup = nopCloser{pubsub.NewLocalDedup(cfg.DedupWindow)}
 		// The journal makes the embedded queue the commit point Redis is
 		// otherwise: what was accepted survives a crash.
-		j, err := mq.OpenJournal(filepath.Join(cfg.DataDir, mq.DefaultJournalFile), logger)
-		if err != nil {
-			return nil, fmt.Errorf("server: embedded queue: %w", err)
+		var j *mq.Journal
+		if cfg.QueueJournal {
+			var err error
+			if j, err = mq.OpenJournal(filepath.Join(cfg.DataDir, mq.DefaultJournalFile), logger); err != nil {
+				return nil, fmt.Errorf("server: embedded queue: %w", err)
+			}
+			s.journal = j
+		} else {
+			s.log.Warn("the embedded queue is in memory only (--queue-journal=false): a crash loses accepted messages not yet stored")
 		}
-		s.journal = j
 		q := mq.NewLocal(mq.LocalConfig{Logger: logger, Journal: j})
 		s.queue = q
 		if _, err := q.Recover(); err != nil {

@@ -7,12 +7,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/chatgg/chatgg/mq"
 )
 
 func TestSubPubUnsub(t *testing.T) {
@@ -494,5 +498,19 @@ func TestPprofAddr(t *testing.T) {
 	}
 	if off := testServer(t, nil); off.PprofAddr() != "" {
 		t.Errorf("pprof on %s without --pprof-addr", off.PprofAddr())
+	}
+}
+
+// TestQueueJournalFlag: the embedded queue journals to the data directory
+// by default, and not with --queue-journal=false.
+func TestQueueJournalFlag(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		dir := t.TempDir()
+		s := testServer(t, func(c *Config) { c.DataDir = dir; c.QueueJournal = on })
+		_, err := os.Stat(filepath.Join(dir, mq.DefaultJournalFile))
+		if exists := err == nil; exists != on || (s.journal != nil) != on {
+			t.Errorf("--queue-journal=%v: journal file exists %v, open %v", on, exists, s.journal != nil)
+		}
+		stopServer(t, s)
 	}
 }
