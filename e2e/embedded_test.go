@@ -76,6 +76,14 @@ func TestEmbeddedCrashLosesNoAckedMessage(t *testing.T) {
 	p.Kill()
 
 	_, base = startEmbedded(t, "chatgg-embedded-2", dataDir)
+	// A publisher that got no answer before the kill retries with its key:
+	// acked with the message recovered from the journal, not stored again.
+	retry := fmt.Sprintf(`[{"topic":%q,"data":{"n":7},"key":"k7"}]`, topic)
+	st, body, err := do(http.MethodPost, base+"/v1/messages", "application/json", []byte(retry))
+	var res struct{ Results []struct{ ID string } }
+	if err != nil || st != http.StatusAccepted || json.Unmarshal(body, &res) != nil || len(res.Results) != 1 || res.Results[0].ID != acked[7] {
+		t.Fatalf("retry of k7 after the restart: %d %s %v; want acked as %s", st, body, err, acked[7])
+	}
 	var ids []string
 	deadline := time.Now().Add(20 * time.Second)
 	for {

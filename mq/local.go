@@ -67,15 +67,16 @@ func NewLocal(cfg LocalConfig) *Local {
 }
 
 // Recover queues what the journal holds (what an earlier process accepted
-// and did not store), in id order, and returns how many. Call it once,
-// before the first Enqueue. Without a journal it does nothing.
-func (q *Local) Recover() (int, error) {
+// and did not store), in id order, and returns those messages (read-only:
+// the queue holds them). Call it once, before the first Enqueue. Without a
+// journal it does nothing.
+func (q *Local) Recover() ([]*codec.Message, error) {
 	if q.journal == nil {
-		return 0, nil
+		return nil, nil
 	}
 	msgs, err := q.journal.load()
 	if err != nil {
-		return 0, fmt.Errorf("mq: recover from journal: %w", err)
+		return nil, fmt.Errorf("mq: recover from journal: %w", err)
 	}
 	q.mu.Lock()
 	q.growLocked(q.n + len(msgs))
@@ -88,7 +89,7 @@ func (q *Local) Recover() (int, error) {
 		q.log.Info("recovered accepted messages from the journal", "messages", len(msgs))
 		q.wake()
 	}
-	return len(msgs), nil
+	return msgs, nil
 }
 
 // Enqueue appends batch, in order, to the queue. It never blocks: when the

@@ -165,8 +165,17 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (s *Server, err e
 		}
 		q := mq.NewLocal(mq.LocalConfig{Logger: logger, Journal: j})
 		s.queue = q
-		if _, err := q.Recover(); err != nil {
+		recovered, err := q.Recover()
+		if err != nil {
 			return nil, fmt.Errorf("server: embedded queue: %w", err)
+		}
+		// A crash between the journal and the ack left the publisher
+		// without an answer: its retry with the same key is acked with the
+		// recovered message's id, not published again.
+		for _, m := range recovered {
+			if m.Key != "" {
+				_, _, _ = s.dedup.(nopCloser).Claim(ctx, m.Topic, m.Key, m.ID)
+			}
 		}
 	}
 
