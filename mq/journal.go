@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/chatgg/chatgg/codec"
 )
@@ -108,7 +109,7 @@ func (j *Journal) load() ([]*codec.Message, error) {
 
 // Close closes the journal file.
 func (j *Journal) Close() error {
-	if err := j.db.Close(); err != nil && !errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+	if err := j.db.Close(); err != nil && !errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return fmt.Errorf("mq: close journal: %w", err)
 	}
 	return nil
