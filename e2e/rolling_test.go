@@ -304,8 +304,10 @@ func TestRollingRestartLosesNoAckedMessage(t *testing.T) {
 		}
 	}
 	// Spread over the window: each loop closes its share as the window
-	// goes by, and node 1 has two clients per loop.
-	if spread := lastClose.Sub(firstClose); spread < closeWindow/4 || lastClose.After(exited) {
+	// goes by, and node 1 has two clients per loop. Four moments drawn at
+	// random fall within a quarter of the window 5 % of the time, within a
+	// tenth 0.4 %: a tenth still tells a spread from closing all at once.
+	if spread := lastClose.Sub(firstClose); spread < closeWindow/10 || lastClose.After(exited) {
 		t.Errorf("node 1 closed its clients from %v to %v after SIGTERM (exit at %v): want them spread over the %v window before the exit",
 			firstClose.Sub(sigterm), lastClose.Sub(sigterm), exited.Sub(sigterm), closeWindow)
 	}

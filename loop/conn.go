@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -45,22 +46,29 @@ const (
 // conn is one connection's state, kept small: edge nodes hold 100k+ idle
 // connections. Loop goroutine only.
 type conn struct {
-	gc        gnet.Conn
-	ls        *loopState
-	rd        codec.Reader
-	subs      []subRef
-	pend      [][]byte       // frames queued during one inbox drain
-	recov     []recovery     // subs with "after" waiting for their replay
-	peer      netip.AddrPort // the client; from the PROXY header behind a balancer
-	auth      *Identity      // what the connection's token grants; nil: anonymous
-	topic     string         // raw mode: the connection's topic
-	opened    int64          // unix ns
-	lastRead  int64          // unix ns of the last bytes received
-	closing   int64          // unix ns our close frame was sent
-	tokens    float64        // publish token bucket
-	tokensAt  int64          // unix ns of the last refill
-	idx       int32          // position in ls.conns
-	scan      int32          // bytes of the upgrade request already scanned
+	gc       gnet.Conn
+	ls       *loopState
+	rd       codec.Reader
+	subs     []subRef
+	pend     [][]byte       // frames queued during one inbox drain
+	recov    []recovery     // subs with "after" waiting for their replay
+	peer     netip.AddrPort // the client; from the PROXY header behind a balancer
+	auth     *Identity      // what the connection's token grants; nil: anonymous
+	topic    string         // raw mode: the connection's topic
+	opened   int64          // unix ns
+	lastRead int64          // unix ns of the last bytes received
+	closing  int64          // unix ns our close frame was sent
+	tokens   float64        // publish token bucket
+	tokensAt int64          // unix ns of the last refill
+	// unanswered counts publishes handed to the Publisher whose answer the
+	// loop has not handled yet; shutdown waits for them before closing.
+	unanswered atomic.Int32
+	// quiescing: shutdown's moment for this connection has come while
+	// publishes were unanswered. Data frames are ignored from then on, as
+	// after a close frame, and the close is sent with the last answer.
+	quiescing bool
+	idx       int32 // position in ls.conns
+	scan      int32 // bytes of the upgrade request already scanned
 	state     uint8
 	mode      uint8
 	pinged    bool
@@ -117,6 +125,9 @@ func (ls *loopState) traffic(c *conn) gnet.Action {
 		}
 		if m.Op == 0 {
 			break
+		}
+		if c.quiescing && !m.Op.IsControl() {
+			continue // closing: as if our close frame had been sent
 		}
 		action = ls.message(c, m)
 	}
@@ -335,6 +346,7 @@ func (ls *loopState) publish(c *conn, topic string, kind codec.Kind, data []byte
 		return
 	}
 	wantAck := c.mode == modeJSON && ref != ""
+	c.unanswered.Add(1)
 	cfg.Publisher.Publish(msg, func(id string, err error) {
 		if err == nil && stored {
 			// A second answer once the message is in the store.
@@ -343,6 +355,7 @@ func (ls *loopState) publish(c *conn, topic string, kind codec.Kind, data []byte
 			})
 		}
 		if err == nil && !wantAck {
+			c.unanswered.Add(-1)
 			return
 		}
 		ls.post(event{kind: evAck, c: c, ref: ref, id: id, err: err})

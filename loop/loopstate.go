@@ -265,6 +265,7 @@ func (ls *loopState) checkBackpressure(c *conn) {
 // ack answers a publish on the connection that made it.
 func (ls *loopState) ack(ev *event) {
 	c := ev.c
+	c.unanswered.Add(-1)
 	if c.state != stOpen {
 		return
 	}
@@ -278,6 +279,9 @@ func (ls *loopState) ack(ev *event) {
 		ls.out = codec.AppendAck(ls.out[:0], refBytes(ev.ref), ev.id, codec.IDTime(ev.id))
 	}
 	ls.writeNow(c)
+	if c.quiescing && c.unanswered.Load() == 0 {
+		ls.closeConn(c, codec.CloseGoingAway, "server shutting down")
+	}
 }
 
 func refBytes(ref string) []byte {
@@ -458,6 +462,11 @@ func (ls *loopState) sweep() {
 	}
 }
 
+// shutdownAnswerWait bounds how long shutdown holds a connection open past
+// its moment for the answers to its publishes (the broker answers within
+// its own timeout; this only covers the usual milliseconds).
+const shutdownAnswerWait = time.Second
+
 // shutdown closes the loop's connections with 1001, spread over
 // CloseWindow: on the first call each open connection draws a random moment
 // in the window (jitter, so clients reconnect elsewhere over the window
@@ -482,9 +491,19 @@ func (ls *loopState) shutdown() {
 		switch c.state {
 		case stOpen:
 			// A connection opened since the first call has closing 0: due.
-			if c.closing <= now {
-				ls.closeConn(c, codec.CloseGoingAway, "server shutting down")
+			// One with publishes still unanswered quiesces: it takes no new
+			// ones and is closed with the last answer (see ack), or at most
+			// shutdownAnswerWait past its moment. Closed first, its client
+			// would resend them elsewhere while they are still being
+			// queued here, and meet "still in flight".
+			if c.closing > now {
+				continue
 			}
+			if c.unanswered.Load() > 0 && now-c.closing < int64(shutdownAnswerWait) {
+				c.quiescing = true
+				continue
+			}
+			ls.closeConn(c, codec.CloseGoingAway, "server shutting down")
 		case stHandshake, stProxy:
 			_ = ls.el.Close(c.gc)
 		}

@@ -383,3 +383,54 @@ func TestDeliverBurstArrivesWhole(t *testing.T) {
 		t.Errorf("stats: closed %v, messages out %d", st.Closed, st.MessagesOut)
 	}
 }
+
+// gatedPublisher holds every publish until the test answers it.
+type gatedPublisher struct {
+	pending chan func(string, error)
+}
+
+func (p *gatedPublisher) Publish(m *codec.Message, done func(string, error)) {
+	p.pending <- func(id string, err error) { done(m.ID, err) }
+}
+
+// TestShutdownAnswersPublishesBeforeClosing: a connection whose publish is
+// still being queued is closed with 1001 only after its answer: closed
+// first, its client would lose the ack and resend the publish elsewhere.
+func TestShutdownAnswersPublishesBeforeClosing(t *testing.T) {
+	pub := &gatedPublisher{pending: make(chan func(string, error), 1)}
+	e := startEngine(t, Config{Publisher: pub, CloseTimeout: 300 * time.Millisecond})
+	c := dialWS(t, e, "/ws")
+	c.send(text(`{"op":"pub","topic":"t","data":1,"ref":"p1"}`))
+	var answer func(string, error)
+	select {
+	case answer = <-pub.pending:
+	case <-time.After(ioTimeout):
+		t.Fatal("the publish did not reach the publisher")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- e.Shutdown(ctx) }()
+	if f, err := c.readFrameTimeout(300 * time.Millisecond); err == nil {
+		t.Fatalf("got %v while the publish was unanswered, want nothing yet", f)
+	}
+	answer("", nil)
+	f, err := c.readFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.op != ws.OpText || !strings.Contains(string(f.payload), `"op":"ack","ref":"p1"`) {
+		t.Fatalf("first frame %v %q, want the publish's ack", f.op, f.payload)
+	}
+	f, err = c.readFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.checkClose(f, 1001)
+	c.send(closeFrame(1001, ""))
+	c.expectEOF()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
