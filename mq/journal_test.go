@@ -2,6 +2,7 @@ package mq
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -68,8 +69,8 @@ func TestJournalFailureRefusesTheBatch(t *testing.T) {
 	}
 	q := NewLocal(LocalConfig{Journal: j})
 	_ = j.Close() // every write fails from now on
-	if err := q.Enqueue(context.Background(), msgs(t, 3)); err == nil {
-		t.Fatal("Enqueue succeeded with a closed journal")
+	if err := q.Enqueue(context.Background(), msgs(t, 3)); !errors.Is(err, ErrNotQueued) {
+		t.Fatalf("Enqueue with a closed journal = %v, want ErrNotQueued", err)
 	}
 	if s, _ := q.Stats(context.Background()); s.Depth != 0 {
 		t.Fatalf("depth %d after a refused batch, want 0", s.Depth)

@@ -118,7 +118,7 @@ func (q *Local) Enqueue(_ context.Context, batch []*codec.Message) error {
 		q.reserved -= len(batch)
 		if err != nil {
 			q.mu.Unlock()
-			return fmt.Errorf("mq: journal: %w", err)
+			return fmt.Errorf("%w: journal: %w", ErrNotQueued, err)
 		}
 	}
 	q.growLocked(q.n + len(batch))

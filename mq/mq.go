@@ -65,6 +65,9 @@ type pinger interface {
 var (
 	// ErrFull is returned by Local.Enqueue when the whole batch does not fit.
 	ErrFull = errors.New("mq: queue full")
+	// ErrNotQueued is wrapped by an Enqueue error that says for certain
+	// that nothing of the batch was queued (Local's journal refused it).
+	ErrNotQueued = errors.New("mq: not queued")
 	// ErrClosed is returned by a queue used after Close.
 	ErrClosed = errors.New("mq: closed")
 	// ErrWorkerRunning is returned by Redis.RunWorker while another

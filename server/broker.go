@@ -84,10 +84,11 @@ func takeoverMark(id string, nowMs int64) string {
 }
 
 // queueRefused reports whether err means the queue did not take the batch:
-// an error reply from Redis, a full or closed queue. Anything else (a lost
+// an error reply from Redis, a full or closed queue, a journal that refused
+// it. Anything else (a lost
 // connection, a timeout) leaves it unknown whether the batch was queued.
 func queueRefused(err error) bool {
-	if errors.Is(err, mq.ErrFull) || errors.Is(err, mq.ErrClosed) {
+	if errors.Is(err, mq.ErrFull) || errors.Is(err, mq.ErrClosed) || errors.Is(err, mq.ErrNotQueued) {
 		return true
 	}
 	var re *rueidis.RedisError
