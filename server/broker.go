@@ -56,12 +56,14 @@ type deduper interface {
 
 // pendingMark prefixes the id a key is claimed with until its message is
 // queued: a retry that finds it knows the first attempt is still in flight
-// and must not be acked yet (it may fail). A claim taken over from a stale
-// attempt (see send) reads "~<id>@<hex ms>", the time of the take-over.
+// and must not be acked yet (it may fail). The claim reads
+// "~<id>@<hex ms>": the id and when the attempt claimed it (or took it
+// over; see send).
 const pendingMark = "~"
 
 // parsePending splits a pending claim into the message id and the time
-// (Unix ms) of the attempt that holds it; ok is false for anything else.
+// (Unix ms) of the attempt that holds it; ok is false for anything else. A
+// claim without a time (written by an older node) is as old as its id.
 func parsePending(v string) (id string, ms int64, ok bool) {
 	rest, found := strings.CutPrefix(v, pendingMark)
 	if !found {
@@ -78,15 +80,16 @@ func parsePending(v string) (id string, ms int64, ok bool) {
 	return id, ms, err == nil
 }
 
-// takeoverMark is the claim value of a retry that takes over id's attempt.
-func takeoverMark(id string, nowMs int64) string {
+// pendingClaim is the claim value of an attempt to publish id, made (or
+// taken over) at nowMs.
+func pendingClaim(id string, nowMs int64) string {
 	return pendingMark + id + "@" + strconv.FormatInt(nowMs, 16)
 }
 
 // queueRefused reports whether err means the queue did not take the batch:
 // an error reply from Redis, a full or closed queue, a journal that refused
-// it. Anything else (a lost
-// connection, a timeout) leaves it unknown whether the batch was queued.
+// it. Anything else (a lost connection, a timeout) leaves it unknown whether
+// the batch was queued.
 func queueRefused(err error) bool {
 	if errors.Is(err, mq.ErrFull) || errors.Is(err, mq.ErrClosed) || errors.Is(err, mq.ErrNotQueued) {
 		return true
@@ -236,7 +239,7 @@ func (b *broker) run(ch chan pubReq) {
 // send publishes one batch: idempotency keys first, then the queue, then
 // the bus; every request is answered.
 //
-// A key is claimed as pending ("~" + id) until its message is queued, then
+// A key is claimed as pending (see pendingMark) until its message is queued, then
 // committed to the id. A retry that finds it pending is refused with
 // ErrKeyInFlight, unless the claim is older than staleAfter: then the first
 // attempt has ended without committing (its node died, or its queue call
@@ -252,7 +255,7 @@ func (b *broker) send(batch []pubReq) {
 	reqs := make([]pubReq, 0, len(batch))
 	for _, r := range batch {
 		if r.m.Key != "" && b.cfg.Dedup != nil {
-			r.pending = pendingMark + r.m.ID
+			r.pending = pendingClaim(r.m.ID, time.Now().UnixMilli())
 			orig, fresh, err := b.cfg.Dedup.Claim(ctx, r.m.Topic, r.m.Key, r.pending)
 			if err != nil {
 				b.fail(r, err)
@@ -335,15 +338,15 @@ func (b *broker) staleAfter() time.Duration { return 2 * b.cfg.Timeout }
 // takeOver tries to take the stale pending claim orig for r: on success r
 // carries the first attempt's id (and its time) and the new claim value.
 // It is false for a claim not stale yet, or taken over by another retry
-// first. Staleness goes by the clocks of the nodes (the id's time, or the
-// take-over's): they must agree to well within staleAfter.
+// first. Staleness goes by the clocks of the nodes (the time in the claim):
+// they must agree to well within staleAfter.
 func (b *broker) takeOver(ctx context.Context, r *pubReq, orig string) (bool, error) {
 	id, at, ok := parsePending(orig)
 	now := time.Now().UnixMilli()
 	if !ok || now-at < b.staleAfter().Milliseconds() {
 		return false, nil
 	}
-	mark := takeoverMark(id, now)
+	mark := pendingClaim(id, now)
 	won, err := b.cfg.Dedup.Commit(ctx, r.m.Topic, r.m.Key, orig, mark)
 	if err != nil || !won {
 		return false, err

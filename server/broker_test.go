@@ -64,7 +64,7 @@ func TestRetryOfAnInFlightKeyIsNotAcked(t *testing.T) {
 					_ = d.Release(context.Background(), "t", "k", pendingMark+"probe")
 					return false
 				}
-				if err != nil || orig != pendingMark+"0000000000010000000001" {
+				if id, _, ok := parsePending(orig); err != nil || !ok || id != "0000000000010000000001" {
 					t.Fatalf("while the first is in flight the key reads %q, %v; want it pending", orig, err)
 				}
 				return true
@@ -191,7 +191,7 @@ func TestParsePending(t *testing.T) {
 		wantOK bool
 	}{
 		{pendingMark + id, codec.IDTime(id), true},
-		{takeoverMark(id, 0x19a0), 0x19a0, true},
+		{pendingClaim(id, 0x19a0), 0x19a0, true},
 		{id, 0, false},                    // committed, not pending
 		{pendingMark + "probe", 0, false}, // not an id
 		{pendingMark + id + "@zz", 0, false},
