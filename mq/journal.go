@@ -21,7 +21,7 @@ const DefaultJournalFile = "queue.db"
 var journalBucket = []byte("queue")
 
 // Journal makes the in-process queue durable: Local writes every batch to
-// it (one bbolt transaction, so one fsync) before accepting it, removes a
+// it (one synced bbolt transaction) before accepting it, removes a
 // batch once the Sink stored it, and Recover puts back what a crash left
 // in it. A message is therefore either in the journal or stored, and an
 // accepted message survives the process dying. Removal may lag (or be lost

@@ -83,7 +83,7 @@ func NewBolt(cfg BoltConfig) (*Bolt, error) {
 	return b, nil
 }
 
-// Store stores batch in one bbolt transaction (one fsync). Messages whose
+// Store stores batch in one synced bbolt transaction. Messages whose
 // ID is already in their topic's bucket are skipped.
 func (b *Bolt) Store(ctx context.Context, batch []*codec.Message) error {
 	if len(batch) == 0 {
