@@ -27,17 +27,7 @@ func runCompare(args []string, stdout, stderr io.Writer) int {
 	if *store {
 		return runStoreCompare(*dir, stdout, stderr)
 	}
-	load := func(name string) *result {
-		b, err := os.ReadFile(filepath.Join(*dir, name+".json"))
-		if err != nil {
-			return nil
-		}
-		var r result
-		if json.Unmarshal(b, &r) != nil {
-			return nil
-		}
-		return &r
-	}
+	load := func(name string) *result { return loadResult(*dir, name) }
 	cf, wf := load("chatgg-fanout"), load("ws-fanout")
 	ce, we := load("chatgg-echo"), load("ws-echo")
 	ci, wi := load("chatgg-idle"), load("ws-idle")
@@ -179,4 +169,18 @@ func fmtv(v float64, format string) string {
 		return "-"
 	}
 	return fmt.Sprintf(format, v)
+}
+
+// loadResult reads dir/name.json, a --json result; nil when it is missing
+// or unreadable (a step that failed leaves none).
+func loadResult(dir, name string) *result {
+	b, err := os.ReadFile(filepath.Join(dir, name+".json"))
+	if err != nil {
+		return nil
+	}
+	var r result
+	if json.Unmarshal(b, &r) != nil {
+		return nil
+	}
+	return &r
 }

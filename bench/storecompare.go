@@ -1,12 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"text/tabwriter"
 )
 
@@ -20,18 +17,7 @@ const storeTarget = 0.9
 // and, when present, e2e-latency.json (bench e2e below the store's rate,
 // for latency without a backlog).
 func runStoreCompare(dir string, stdout, stderr io.Writer) int {
-	load := func(name string) *result {
-		b, err := os.ReadFile(filepath.Join(dir, name+".json"))
-		if err != nil {
-			return nil
-		}
-		var r result
-		if json.Unmarshal(b, &r) != nil {
-			return nil
-		}
-		return &r
-	}
-	st, e2e, lat := load("store"), load("e2e"), load("e2e-latency")
+	st, e2e, lat := loadResult(dir, "store"), loadResult(dir, "e2e"), loadResult(dir, "e2e-latency")
 	if st == nil || st.Store == nil || e2e == nil || e2e.Stored == nil {
 		fmt.Fprintf(stderr, "bench compare --store: need store.json and e2e.json in %s\n", dir)
 		return exitSetup
