@@ -113,14 +113,5 @@ func TestClusterActsAsOneServer(t *testing.T) {
 	t.Logf("%d messages acked, delivered to %d subscribers on %d nodes, stored once each", stored, clients, spread)
 
 	// Nothing is left behind in the queue.
-	eventually(t, 10*time.Second, "an empty queue", func() error {
-		q, err := c.nodes[0].queue()
-		if err != nil {
-			return err
-		}
-		if q != (queueStats{}) {
-			return fmt.Errorf("queue %+v", q)
-		}
-		return nil
-	})
+	waitQueueEmpty(t, c, 10*time.Second)
 }
