@@ -41,6 +41,7 @@ var (
 	errBadPatterns  = errors.New("server: token topic patterns too many or too long")
 	errNoKeyForAlg  = errors.New("server: no key for the token's alg")
 	errUnknownKeyID = errors.New("server: no key with the token's kid")
+	errTokenSyntax  = errors.New("server: token holds characters other than base64url and '.'")
 )
 
 // jwtClaims are the claims chatgg reads: the registered ones and the topic
@@ -148,9 +149,27 @@ func newJWTAuth(cfg jwtConfig) (*jwtAuth, error) {
 	return a, nil
 }
 
+// compactJWS reports whether token holds only what a JWS in compact form
+// may (RFC 7515 §7.1): base64url characters and dots. Go's base64 decoding
+// skips CR and LF, so without this a signed token would also verify with
+// line breaks in it.
+func compactJWS(token string) bool {
+	for i := 0; i < len(token); i++ {
+		switch c := token[i]; {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // Verify implements loop.Authenticator. It is CPU-only: a signature check
 // and a JSON decode, microseconds for HS256 and EdDSA, some more for RS256.
 func (a *jwtAuth) Verify(token string) (*loop.Identity, error) {
+	if !compactJWS(token) {
+		return nil, errTokenSyntax
+	}
 	var c jwtClaims
 	if _, err := a.parser.ParseWithClaims(token, &c, a.key); err != nil {
 		if errors.Is(err, jwt.ErrTokenExpired) {

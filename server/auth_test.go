@@ -768,3 +768,25 @@ func FuzzParseAPIKeys(f *testing.F) {
 		}
 	})
 }
+
+// TestVerifyRefusesLineBreaksInAToken: base64 decoding skips CR and LF, so
+// a correctly signed token with a line break in it would verify; a compact
+// JWS holds only base64url characters and dots, and anything else is
+// refused before the signature is looked at. (FuzzVerifyToken found it.)
+func TestVerifyRefusesLineBreaksInAToken(t *testing.T) {
+	k := getKeys(t)
+	a, err := newJWTAuth(jwtConfig{Secret: k.secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := sign(t, jwt.SigningMethodHS256, k.secret, claims("alice", time.Hour, []string{"*"}, []string{"*"}), "")
+	if _, err := a.Verify(tok); err != nil {
+		t.Fatalf("the token itself: %v", err)
+	}
+	dot := strings.IndexByte(tok, '.')
+	for _, bad := range []string{tok + "\n", tok + "\r\n", tok[:dot+3] + "\n" + tok[dot+3:], " " + tok, tok + "="} {
+		if id, err := a.Verify(bad); !errors.Is(err, errTokenSyntax) {
+			t.Errorf("Verify(%q) = %+v, %v; want errTokenSyntax", bad, id, err)
+		}
+	}
+}
